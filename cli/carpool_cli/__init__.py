@@ -1,0 +1,1 @@
+"""The ``carpool`` command: one entry point that dispatches to each component's CLI."""

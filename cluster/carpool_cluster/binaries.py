@@ -1,0 +1,189 @@
+"""Build the control-plane binaries from pinned upstream Go modules, cached on disk.
+
+Contract: ``ensure_binaries()`` returns a ``Binaries`` whose paths all exist and were built
+from the versions pinned below. The first call compiles them (tens of minutes on two cores);
+later calls return at once from ``~/.cache/carpool/bin/<pin>/`` (override with
+``CARPOOL_CACHE_DIR``). Changing a pin changes the cache folder, so a stale binary is never
+reused. A failed build raises ``BuildError`` naming the tool and the tail of Go's output.
+
+Why build from source: this project's machines have no Docker engine (so no kind) and reach
+only the Go module proxy, not the release buckets. Every binary is a plain ``go build`` of the
+upstream module at a pinned version, nothing patched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.37.2"
+ETCD_VERSION = "v3.7.0"  # the etcd client version k8s.io/kubernetes v1.37.2 requires
+HELM_VERSION = "v3.22.0"
+
+# k8s.io/kubernetes replaces each staging module with a folder of its own repository; a
+# module outside that repository must point them at their published tags of the same release.
+STAGING_MODULES = (
+    "api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider "
+    "cluster-bootstrap code-generator component-base component-helpers controller-manager "
+    "cri-api cri-client cri-streaming csi-translation-lib dynamic-resource-allocation "
+    "endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy "
+    "kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission "
+    "sample-apiserver streaming"
+).split()
+
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+class BuildError(RuntimeError):
+    """A binary could not be built; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    helm: Path
+
+    def as_dict(self) -> dict[str, Path]:
+        return dataclasses.asdict(self)
+
+
+def pin() -> str:
+    return f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}"
+
+
+def cache_root() -> Path:
+    default = Path.home() / ".cache" / "carpool"
+    return Path(os.environ.get("CARPOOL_CACHE_DIR", default))
+
+
+def bin_dir() -> Path:
+    return cache_root() / "bin" / pin()
+
+
+def expected() -> Binaries:
+    d = bin_dir()
+    return Binaries(
+        etcd=d / "etcd",
+        kube_apiserver=d / "kube-apiserver",
+        kube_controller_manager=d / "kube-controller-manager",
+        kube_scheduler=d / "kube-scheduler",
+        kubectl=d / "kubectl",
+        helm=d / "helm",
+    )
+
+
+def _say(message: str) -> None:
+    print(f"[carpool build] {message}", file=sys.stderr, flush=True)
+
+
+def _run_go(args: list[str], cwd: Path, what: str) -> None:
+    if shutil.which("go") is None:
+        raise BuildError(f"cannot build {what}: the Go toolchain ('go') is not on PATH")
+    env = dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false", CGO_ENABLED="0")
+    started = time.monotonic()
+    proc = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise BuildError(f"building {what} failed (go {' '.join(args)}):\n{tail}")
+    _say(f"{what}: done in {time.monotonic() - started:.0f}s")
+
+
+def _write_module(folder: Path, name: str, requires: list[str], replaces: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"module carpool.local/build/{name}", "", "go 1.26", ""]
+    lines += [f"require {r}" for r in requires]
+    lines += [""] + [f"replace {r}" for r in replaces]
+    (folder / "go.mod").write_text("\n".join(lines) + "\n")
+
+
+def _kube_ldflags() -> str:
+    major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
+    prefix = "k8s.io/component-base/version"
+    return " ".join(
+        [
+            "-s -w",
+            f"-X {prefix}.gitVersion={KUBERNETES_VERSION}",
+            f"-X {prefix}.gitMajor={major}",
+            f"-X {prefix}.gitMinor={minor}",
+            f"-X {prefix}.gitTreeState=clean",
+            f"-X {prefix}/verflag.programName=kubernetes",
+        ]
+    )
+
+
+def _build_kubernetes(work: Path, out: Binaries) -> None:
+    folder = work / "kubernetes"
+    staging_version = "v0." + KUBERNETES_VERSION.lstrip("v").split(".", 1)[1]
+    _write_module(
+        folder,
+        "kubernetes",
+        requires=[f"k8s.io/kubernetes {KUBERNETES_VERSION}"],
+        replaces=[f"k8s.io/{m} => k8s.io/{m} {staging_version}" for m in STAGING_MODULES],
+    )
+    targets = {
+        "kube-apiserver": out.kube_apiserver,
+        "kube-controller-manager": out.kube_controller_manager,
+        "kube-scheduler": out.kube_scheduler,
+        "kubectl": out.kubectl,
+    }
+    for command, path in targets.items():
+        if path.exists():
+            continue
+        _say(f"{command} {KUBERNETES_VERSION}: go build k8s.io/kubernetes/cmd/{command}")
+        tmp = path.with_suffix(".partial")
+        _run_go(
+            ["build", "-trimpath", "-ldflags", _kube_ldflags(), "-o", str(tmp),
+             f"k8s.io/kubernetes/cmd/{command}"],
+            folder,
+            f"{command} {KUBERNETES_VERSION}",
+        )
+        tmp.rename(path)
+
+
+def _build_single(work: Path, name: str, module: str, version: str, package: str,
+                  path: Path, ldflags: str = "-s -w") -> None:
+    if path.exists():
+        return
+    folder = work / name
+    _write_module(folder, name, requires=[f"{module} {version}"], replaces=[])
+    _say(f"{name} {version}: go build {package}")
+    tmp = path.with_suffix(".partial")
+    _run_go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
+            folder, f"{name} {version}")
+    tmp.rename(path)
+
+
+def ensure_binaries() -> Binaries:
+    """Return the pinned binaries, building the missing ones first."""
+    out = expected()
+    missing = [name for name, p in out.as_dict().items() if not p.exists()]
+    if not missing:
+        return out
+    bin_dir().mkdir(parents=True, exist_ok=True)
+    work = cache_root() / "build" / pin()
+    _say(
+        f"building {', '.join(missing)} from the pinned Go modules into {bin_dir()} "
+        "(first run only: a real etcd/kube-apiserver/controller-manager/scheduler for the "
+        "local control plane; expect 20-40 minutes on two cores)"
+    )
+    _build_single(work, "etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION,
+                  "go.etcd.io/etcd/server/v3", out.etcd)
+    _build_kubernetes(work, out)
+    helm_ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+    _build_single(work, "helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm",
+                  out.helm, helm_ldflags)
+    return out
+
+
+if __name__ == "__main__":
+    for tool, location in ensure_binaries().as_dict().items():
+        print(f"{tool}: {location}")

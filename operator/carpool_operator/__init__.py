@@ -1,0 +1,1 @@
+"""The carpool operator: reconciles InferencePools and runs the queue-delay control loop."""

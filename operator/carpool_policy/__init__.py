@@ -1,0 +1,1 @@
+"""carpool's scaling policy: pure functions of their arguments (no I/O, no clock, no kopf)."""

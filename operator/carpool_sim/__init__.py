@@ -1,0 +1,1 @@
+"""The simulator: a discrete-event model of a pool that runs carpool's policy beside baselines."""

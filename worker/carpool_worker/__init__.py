@@ -1,0 +1,1 @@
+"""The carpool inference worker: FastAPI over a torch continuous-batching engine."""
