@@ -1,1 +1,41 @@
-"""carpool's scaling policy: pure functions of their arguments (no I/O, no clock, no kopf)."""
+"""carpool's scaling policy: pure functions of their arguments (no I/O, no clock, no kopf).
+
+`decide(observation, spec, state, now, profile=None, tuning=DEFAULT_TUNING) -> Decision` is the
+whole public surface, with the data types it reads and returns and the one profile parser.
+"""
+
+from carpool_policy.decide import decide
+from carpool_policy.profile import Profile, ProfileError
+from carpool_policy.state import PolicyState
+from carpool_policy.tuning import DEFAULT_TUNING, Tuning
+from carpool_policy.types import (
+    Condition,
+    Decision,
+    EndpointLimits,
+    EndpointObservation,
+    EndpointSpec,
+    IntRange,
+    Observation,
+    PoolSpec,
+    ScalingSpec,
+    SpecError,
+)
+
+__all__ = [
+    "DEFAULT_TUNING",
+    "Condition",
+    "Decision",
+    "EndpointLimits",
+    "EndpointObservation",
+    "EndpointSpec",
+    "IntRange",
+    "Observation",
+    "PolicyState",
+    "PoolSpec",
+    "Profile",
+    "ProfileError",
+    "ScalingSpec",
+    "SpecError",
+    "Tuning",
+    "decide",
+]

@@ -1,0 +1,72 @@
+"""`PolicyState`: what one `decide()` call hands to the next, as a plain JSON-able dict.
+
+Contract: `PolicyState.from_dict(state.to_dict()) == state`, and `from_dict` of anything it
+cannot read (None, a foreign dict, a field of the wrong type) yields the empty state rather than
+raising, because the operator stores it in an annotation that a person may have edited. An empty
+state is always safe: the policy then behaves as on its first call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+STATE_SCHEMA = "carpool.dev/policy-state/v1"
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    # (time, replicas) the model recommended, oldest first, kept for one stabilization window.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    last_scale_up_at: float | None = None
+    last_scale_down_at: float | None = None
+    # The previous fresh observation: its time and arrival rates, for burst detection.
+    last_observed_at: float | None = None
+    arrival_rates: Mapping[str, float] = field(default_factory=dict)
+    # Per endpoint, measured / predicted p95 TTFT, smoothed: corrects the model's error.
+    corrections: Mapping[str, float] = field(default_factory=dict)
+    # Per endpoint, the last known (mean prompt tokens, mean generated tokens).
+    token_means: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": STATE_SCHEMA,
+            "recommendations": [[t, r] for t, r in self.recommendations],
+            "lastScaleUpAt": self.last_scale_up_at,
+            "lastScaleDownAt": self.last_scale_down_at,
+            "lastObservedAt": self.last_observed_at,
+            "arrivalRates": dict(self.arrival_rates),
+            "corrections": dict(self.corrections),
+            "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PolicyState:
+        if not isinstance(data, Mapping) or data.get("schema") != STATE_SCHEMA:
+            return cls()
+        try:
+            return cls(
+                recommendations=tuple(
+                    (float(t), int(r)) for t, r in data.get("recommendations") or ()
+                ),
+                last_scale_up_at=_optional_float(data.get("lastScaleUpAt")),
+                last_scale_down_at=_optional_float(data.get("lastScaleDownAt")),
+                last_observed_at=_optional_float(data.get("lastObservedAt")),
+                arrival_rates=_float_map(data.get("arrivalRates")),
+                corrections=_float_map(data.get("corrections")),
+                token_means={
+                    str(k): (float(v[0]), float(v[1]))
+                    for k, v in (data.get("tokenMeans") or {}).items()
+                },
+            )
+        except (TypeError, ValueError, IndexError, AttributeError):
+            return cls()
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _float_map(value: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in (value or {}).items()}

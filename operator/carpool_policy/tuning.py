@@ -1,0 +1,46 @@
+"""`Tuning`: the policy's constants that are not in the InferencePool spec, with defaults.
+
+Contract: every field has a default that is safe for production; the simulator may pass other
+values to study the policy, the operator passes the defaults. All times in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tuning:
+    # The model plans so that this quantile of TTFT fits the p95 budget: the margin absorbs
+    # bursts between control intervals and while new pods start.
+    planning_quantile: float = 0.99
+    # Fraction of each TTFT budget the model may plan to use (the rest is safety margin).
+    budget_headroom: float = 0.85
+    # Scale down only when the smaller pool would fit this tighter fraction (hysteresis).
+    scale_down_headroom: float = 0.7
+    # Squared coefficients of variation of inter-arrival and service times (Kingman).
+    arrival_scv: float = 1.0
+    service_scv: float = 1.0
+    # Highest GPU busy fraction planned for, even for throughput-only traffic.
+    max_utilization: float = 0.9
+    # Metrics older than this many control intervals are stale (hold).
+    stale_after_intervals: float = 3.0
+    # How far ahead to project a rising arrival rate: about a new pod's start-up time.
+    scale_up_lead_seconds: float = 60.0
+    # A growing arrival rate is projected at most this many times the current rate.
+    max_burst_projection: float = 2.0
+    # Queued requests beyond the steady-state queue must drain within this time.
+    backlog_drain_seconds: float = 15.0
+    # Feedback: weight of the newest measured/predicted ratio, and the correction's bounds.
+    correction_weight: float = 0.3
+    correction_bounds: tuple[float, float] = (0.5, 4.0)
+    # Below this arrival rate (req/s) an endpoint's measured p95s are too noisy for feedback.
+    min_feedback_rate: float = 0.2
+    # At most this fraction of the replicas (and at least one) go in one scale-down.
+    max_scale_down_fraction: float = 0.25
+    # Token lengths assumed for an endpoint that has never been measured.
+    default_prompt_tokens: float = 512.0
+    default_generated_tokens: float = 128.0
+
+
+DEFAULT_TUNING = Tuning()
