@@ -27,17 +27,39 @@ HELM_VERSION = "v3.22.0"
 
 # k8s.io/kubernetes replaces each staging module with a folder of its own repository; a
 # module outside that repository must point them at their published tags of the same release.
-STAGING_MODULES = (
-    "api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider "
-    "cluster-bootstrap code-generator component-base component-helpers controller-manager "
-    "cri-api cri-client cri-streaming csi-translation-lib dynamic-resource-allocation "
-    "endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy "
-    "kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission "
-    "sample-apiserver streaming"
-).split()
-
-KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-
+STAGING_MODULES = [
+    "api",
+    "apiextensions-apiserver",
+    "apimachinery",
+    "apiserver",
+    "cli-runtime",
+    "client-go",
+    "cloud-provider",
+    "cluster-bootstrap",
+    "code-generator",
+    "component-base",
+    "component-helpers",
+    "controller-manager",
+    "cri-api",
+    "cri-client",
+    "cri-streaming",
+    "csi-translation-lib",
+    "dynamic-resource-allocation",
+    "endpointslice",
+    "externaljwt",
+    "kms",
+    "kube-aggregator",
+    "kube-controller-manager",
+    "kube-proxy",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "metrics",
+    "mount-utils",
+    "pod-security-admission",
+    "sample-apiserver",
+    "streaming",
+]
 
 class BuildError(RuntimeError):
     """A binary could not be built; the message says which and why."""
@@ -141,24 +163,41 @@ def _build_kubernetes(work: Path, out: Binaries) -> None:
         _say(f"{command} {KUBERNETES_VERSION}: go build k8s.io/kubernetes/cmd/{command}")
         tmp = path.with_suffix(".partial")
         _run_go(
-            ["build", "-trimpath", "-ldflags", _kube_ldflags(), "-o", str(tmp),
-             f"k8s.io/kubernetes/cmd/{command}"],
+            [
+                "build",
+                "-trimpath",
+                "-ldflags",
+                _kube_ldflags(),
+                "-o",
+                str(tmp),
+                f"k8s.io/kubernetes/cmd/{command}",
+            ],
             folder,
             f"{command} {KUBERNETES_VERSION}",
         )
         tmp.rename(path)
 
 
-def _build_single(work: Path, name: str, module: str, version: str, package: str,
-                  path: Path, ldflags: str = "-s -w") -> None:
+def _build_single(
+    work: Path,
+    name: str,
+    module: str,
+    version: str,
+    package: str,
+    path: Path,
+    ldflags: str = "-s -w",
+) -> None:
     if path.exists():
         return
     folder = work / name
     _write_module(folder, name, requires=[f"{module} {version}"], replaces=[])
     _say(f"{name} {version}: go build {package}")
     tmp = path.with_suffix(".partial")
-    _run_go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
-            folder, f"{name} {version}")
+    _run_go(
+        ["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
+        folder,
+        f"{name} {version}",
+    )
     tmp.rename(path)
 
 
@@ -175,12 +214,25 @@ def ensure_binaries() -> Binaries:
         "(first run only: a real etcd/kube-apiserver/controller-manager/scheduler for the "
         "local control plane; expect 20-40 minutes on two cores)"
     )
-    _build_single(work, "etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION,
-                  "go.etcd.io/etcd/server/v3", out.etcd)
+    _build_single(
+        work,
+        "etcd",
+        "go.etcd.io/etcd/server/v3",
+        ETCD_VERSION,
+        "go.etcd.io/etcd/server/v3",
+        out.etcd,
+    )
     _build_kubernetes(work, out)
     helm_ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    _build_single(work, "helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm",
-                  out.helm, helm_ldflags)
+    _build_single(
+        work,
+        "helm",
+        "helm.sh/helm/v3",
+        HELM_VERSION,
+        "helm.sh/helm/v3/cmd/helm",
+        out.helm,
+        helm_ldflags,
+    )
     return out
 
 

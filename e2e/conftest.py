@@ -1,0 +1,59 @@
+"""Fixtures for tests against a real cluster: ``$KUBECONFIG``'s, or a local control plane.
+
+The local control plane is started once per test session (built from the pinned Go modules
+on first use). A test that needs it fails, with the reason, when it cannot start; it is never
+skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from carpool_cluster import testing
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.TestCluster]:
+    started = testing.provide_cluster(tmp_path_factory.mktemp("carpool"))
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture(scope="session")
+def api(cluster: testing.TestCluster) -> client.ApiClient:
+    return cluster.admin_api()
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    name = testing.create_namespace(api)
+    yield name
+    client.CoreV1Api(api).delete_namespace(name)
+
+
+@pytest.fixture
+def identity_kubeconfig(cluster: testing.TestCluster, api: client.ApiClient, tmp_path: Path):
+    """``identity_kubeconfig(account=..., account_namespace=..., rules=[...],
+    role_namespace=None)`` → kubeconfig Path for a ServiceAccount with exactly those rules."""
+
+    def make(**kwargs) -> Path:
+        return testing.identity_kubeconfig(cluster, api, tmp_path, **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(cluster: testing.TestCluster) -> str:
+    return cluster.prometheus_url()
+
+
+@pytest.fixture(scope="session")
+def gpu_nodes(cluster: testing.TestCluster) -> None:
+    """Two Ready nodes with two GPUs each whose pods run as local processes."""
+    cluster.ensure_gpu_nodes(nodes=2, gpus_per_node=2)
