@@ -1,0 +1,189 @@
+"""The engine: a thread that turns scheduler steps into model steps and events. No HTTP.
+
+Contract: ``Engine(runner, limits, metrics)``; ``start()`` launches the step loop.
+``submit(request)`` queues a :class:`~carpool_worker.scheduler.Request` (raising
+:class:`~carpool_worker.scheduler.Rejected` at once when it cannot be queued); from then on the
+request's ``sink`` is called, from the engine thread, with :class:`TokenEvent` for each token and
+exactly one closing :class:`DoneEvent` (finish reason ``stop``, ``length``, ``cancelled``,
+``expired`` with a 429 ``Rejected`` attached, or ``error``). ``apply_limits(doc)`` swaps the
+limits between two steps (raising ``StaleLimits`` for an older version); requests in flight are
+kept. ``request.cancel()`` from any thread makes the request leave at the next step.
+The runner only needs ``execute(step) -> {request id: token}``, ``num_slots`` and
+``max_seq_len``, so tests can drive the engine with a stand-in or the real tiny model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from .limits import LimitsDocument
+from .metrics import WorkerMetrics
+from .scheduler import Rejected, Request, Scheduler, Step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    reason: str
+    rejection: Rejected | None = None
+
+
+OUTCOME = {"stop": "ok", "length": "ok", "cancelled": "cancelled", "expired": "rejected"}
+
+
+class Engine:
+    def __init__(
+        self,
+        runner,
+        limits: LimitsDocument,
+        metrics: WorkerMetrics | None = None,
+        prefill_token_budget: int = 512,
+        eos_token_ids: tuple[int, ...] = (),
+        clock=time.monotonic,
+    ):
+        self.runner = runner
+        self.metrics = metrics or WorkerMetrics()
+        self.clock = clock
+        self.scheduler = Scheduler(
+            limits, runner.num_slots, runner.max_seq_len, prefill_token_budget, eos_token_ids
+        )
+        self.metrics.set_limits(limits)
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._last_token_at: dict[int, float] = {}
+
+    # -- API used by the HTTP layer and the tests --------------------------------------------
+
+    @property
+    def limits(self) -> LimitsDocument:
+        return self.scheduler.limits
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def submit(self, req: Request) -> None:
+        with self._cond:
+            try:
+                self.scheduler.submit(req)
+            except Rejected as exc:
+                outcome = "rejected" if exc.status == 429 else "error"
+                if req.endpoint in self.scheduler.endpoints:
+                    self.metrics.requests.labels(req.endpoint, outcome).inc()
+                raise
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Have the loop look again now (after a cancel, say) instead of at its next deadline."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def apply_limits(self, doc: LimitsDocument) -> int:
+        with self._cond:
+            self.scheduler.apply_limits(doc)
+            self.metrics.set_limits(doc)
+            self._cond.notify_all()
+        log.info("limits version %d applied", doc.version)
+        return doc.version
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                now = self.clock()
+                step = self.scheduler.schedule(now)
+                if not step.has_work and not (step.cancelled or step.expired):
+                    wake_at = self.scheduler.next_deadline(now)
+                    timeout = None if wake_at is None else max(wake_at - now, 0.0005)
+                    self._cond.wait(timeout)
+                    continue
+            self._after_schedule(step, now)
+            if step.has_work:
+                self._run_step(step)
+
+    def _after_schedule(self, step: Step, now: float) -> None:
+        m = self.metrics
+        for req in step.admitted:
+            m.queue_wait.labels(req.endpoint).observe(now - req.arrival)
+            m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
+        for req in step.cancelled:
+            self._close(req, DoneEvent(req.finish_reason or "cancelled"), now)
+        for req in step.expired:
+            waited_ms = int((now - req.arrival) * 1000)
+            rejection = Rejected(
+                429,
+                f"waited {waited_ms} ms in endpoint {req.endpoint!r}, past its "
+                f"maxQueueWaitMilliseconds",
+                retry_after=1,
+            )
+            self._close(req, DoneEvent("expired", rejection), now)
+
+    def _run_step(self, step: Step) -> None:
+        started = self.clock()
+        try:
+            tokens = self.runner.execute(step)
+        except Exception:
+            log.exception("engine step failed; failing its requests")
+            for req in [r for r, _, _ in step.prefill] + step.decode:
+                req.cancel("error")
+            tokens = {}
+        now = self.clock()
+        with self._cond:
+            emitted, finished = self.scheduler.complete(step, tokens)
+            counts = self.scheduler.counts()
+            kv_in_use = self.scheduler.kv_tokens_in_use
+        m = self.metrics
+        m.step_duration.observe(now - started)
+        m.batch_size.observe(len(step.decode) + len(step.prefill))
+        m.kv_usage.set(kv_in_use / (self.runner.num_slots * self.runner.max_seq_len))
+        m.set_queue_counts(counts)
+        for req, token in emitted:
+            self._emit_token(req, token, now)
+        for req in finished:
+            self._close(req, DoneEvent(req.finish_reason), now)
+
+    def _emit_token(self, req: Request, token: int, now: float) -> None:
+        m = self.metrics
+        last = self._last_token_at.get(req.id)
+        if last is None:
+            m.ttft.labels(req.endpoint).observe(now - req.arrival)
+        else:
+            m.inter_token.labels(req.endpoint).observe(now - last)
+        self._last_token_at[req.id] = now
+        m.generated_tokens.labels(req.endpoint).inc()
+        self._send(req, TokenEvent(token))
+
+    def _close(self, req: Request, event: DoneEvent, now: float) -> None:
+        self._last_token_at.pop(req.id, None)
+        outcome = OUTCOME.get(event.reason, "error")
+        self.metrics.requests.labels(req.endpoint, outcome).inc()
+        if outcome == "ok":
+            self.metrics.duration.labels(req.endpoint).observe(now - req.arrival)
+        self._send(req, event)
+
+    @staticmethod
+    def _send(req: Request, event) -> None:
+        if req.sink is None:
+            return
+        try:
+            req.sink(event)
+        except Exception:  # a broken consumer must not take the engine down
+            log.exception("request %d: event sink failed", req.id)

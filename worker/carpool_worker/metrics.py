@@ -1,0 +1,104 @@
+"""The worker's Prometheus metrics (names and meanings from the design notes).
+
+Contract: ``WorkerMetrics()`` registers every metric on its own ``CollectorRegistry`` (so several
+workers can live in one test process) and ``render()`` returns the text exposition. Latency
+histograms share ``LATENCY_BUCKETS``: roughly 25% apart from 1 ms to 60 s, so that
+``histogram_quantile(0.95, ...)`` resolves a p95 anywhere from 5 ms to 30 s to within a bucket's
+width of the truth.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .limits import LimitsDocument
+
+
+def _geometric(start: float, stop: float, ratio: float) -> tuple[float, ...]:
+    out, value = [], start
+    while value <= stop * 1.0001:
+        # Round to 3 significant digits so bucket labels stay readable (le="0.0125").
+        out.append(float(f"{value:.3g}"))
+        value *= ratio
+    return tuple(out)
+
+
+LATENCY_BUCKETS = _geometric(0.001, 60.0, 1.25)
+STEP_BUCKETS = _geometric(0.0005, 5.0, 1.25)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+OUTCOMES = ("ok", "rejected", "cancelled", "error")
+LIMIT_NAMES = (
+    "priority",
+    "maxBatchSize",
+    "batchWindowMilliseconds",
+    "maxQueueWaitMilliseconds",
+    "maxQueueLength",
+)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ep = ["endpoint"]
+
+        def hist(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, ep, buckets=LATENCY_BUCKETS, registry=r)
+
+        self.queue_wait = hist(
+            "carpool_queue_wait_seconds", "Arrival to admission into the running batch."
+        )
+        self.ttft = hist("carpool_time_to_first_token_seconds", "Arrival to the first token.")
+        self.inter_token = hist(
+            "carpool_inter_token_latency_seconds", "Time between two tokens of one request."
+        )
+        self.duration = hist("carpool_request_duration_seconds", "Arrival to the last token.")
+        self.requests = Counter(
+            "carpool_requests", "Requests by outcome.", ["endpoint", "outcome"], registry=r
+        )
+        self.generated_tokens = Counter(
+            "carpool_generated_tokens", "Tokens generated.", ep, registry=r
+        )
+        self.prompt_tokens = Counter(
+            "carpool_prompt_tokens", "Prompt tokens prefilled.", ep, registry=r
+        )
+        self.waiting = Gauge("carpool_requests_waiting", "Requests queued.", ep, registry=r)
+        self.running = Gauge("carpool_requests_running", "Requests in the batch.", ep, registry=r)
+        self.batch_size = Histogram(
+            "carpool_batch_size",
+            "Sequences in one engine step.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "carpool_step_duration_seconds", "One engine step.", buckets=STEP_BUCKETS, registry=r
+        )
+        self.kv_usage = Gauge(
+            "carpool_kv_cache_usage_ratio", "KV cache tokens in use over capacity.", registry=r
+        )
+        self.batch_limit = Gauge(
+            "carpool_batch_limit", "The limits in force.", ["endpoint", "limit"], registry=r
+        )
+        self.limits_version = Gauge(
+            "carpool_limits_version", "Version of the limits document in force.", registry=r
+        )
+        self._limit_endpoints: set[str] = set()
+
+    def set_limits(self, doc: LimitsDocument) -> None:
+        for name in self._limit_endpoints - set(doc.endpoints):
+            for limit in LIMIT_NAMES:
+                self.batch_limit.remove(name, limit)
+        for name, lim in doc.endpoints.items():
+            for limit, value in lim.as_dict().items():
+                self.batch_limit.labels(name, limit).set(value)
+            for outcome in OUTCOMES:  # every series exists from the start: rate() needs a zero
+                self.requests.labels(name, outcome)
+        self._limit_endpoints = set(doc.endpoints)
+        self.limits_version.set(doc.version)
+
+    def set_queue_counts(self, counts: dict[str, tuple[int, int]]) -> None:
+        for name, (waiting, running) in counts.items():
+            self.waiting.labels(name).set(waiting)
+            self.running.labels(name).set(running)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

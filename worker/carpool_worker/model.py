@@ -1,0 +1,237 @@
+"""A Llama-family decoder in plain torch, over a preallocated slot-based KV cache.
+
+Contract: ``LlamaModel(config, device, dtype)`` holds the weights (random, or loaded from a
+Hugging Face checkpoint by ``load_model``). ``prefill`` runs a chunk of one sequence's prompt
+and returns the logits of its last position; ``decode`` runs one token for each of a batch of
+sequences and returns their logits. Both write keys and values into :class:`KVCache` at the
+given (slot, position). The arithmetic matches ``transformers``' ``LlamaForCausalLM``: RMSNorm
+in float32, rotate-half RoPE (with Llama 3 frequency scaling), grouped-query attention, SwiGLU.
+The elementwise and attention steps go through an ``ops`` object so that CUDA can swap in fused
+kernels (see ``kernels.py``) while the CPU and the tests use the plain torch reference in
+``torch_ops.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .torch_ops import TorchOps
+
+
+class KVCache:
+    """Keys and values for ``num_slots`` sequences of up to ``max_seq_len`` tokens each.
+
+    One extra slot (index ``num_slots``) is scratch space: padded rows of a captured decode
+    batch write there, so padding never touches a live sequence.
+    """
+
+    def __init__(self, config: ModelConfig, num_slots: int, max_seq_len: int, device, dtype):
+        shape = (
+            config.num_layers,
+            num_slots + 1,
+            max_seq_len,
+            config.num_kv_heads,
+            config.head_dim,
+        )
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.num_slots = num_slots
+        self.max_seq_len = max_seq_len
+        self.scratch_slot = num_slots
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq.float()
+    # Llama 3: long wavelengths are stretched by `factor`, short ones kept, a smooth ramp between.
+    old = scaling.original_max_position_embeddings
+    low_wavelen = old / scaling.low_freq_factor
+    high_wavelen = old / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled).float()
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype, ops=None):
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.ops = ops or TorchOps()
+        c = config
+        qkv_rows = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        self.shapes: dict[str, tuple[int, ...]] = {
+            "embed": (c.vocab_size, c.hidden_size),
+            "norm": (c.hidden_size,),
+        }
+        if not c.tie_word_embeddings:
+            self.shapes["lm_head"] = (c.vocab_size, c.hidden_size)
+        for i in range(c.num_layers):
+            self.shapes |= {
+                f"{i}.attn_norm": (c.hidden_size,),
+                f"{i}.wqkv": (qkv_rows, c.hidden_size),
+                f"{i}.wo": (c.hidden_size, c.num_heads * c.head_dim),
+                f"{i}.mlp_norm": (c.hidden_size,),
+                f"{i}.w_gate_up": (2 * c.intermediate_size, c.hidden_size),
+                f"{i}.w_down": (c.hidden_size, c.intermediate_size),
+            }
+        self.params: dict[str, torch.Tensor] = {}
+        positions = torch.arange(c.max_position_embeddings, dtype=torch.float32)
+        freqs = torch.outer(positions, rope_inverse_frequencies(c))
+        # (max_pos, head_dim/2) each, float32: the rotation is computed in float32 and the
+        # result cast, as transformers does.
+        self.rope_cos = freqs.cos().to(device)
+        self.rope_sin = freqs.sin().to(device)
+
+    # -- weights ----------------------------------------------------------------------------
+
+    def init_random(self, seed: int = 0) -> LlamaModel:
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        for name, shape in self.shapes.items():
+            if len(shape) == 1:
+                self.params[name] = torch.ones(shape, device=self.device, dtype=self.dtype)
+            else:
+                weight = torch.empty(shape, device=self.device, dtype=self.dtype)
+                weight.normal_(0.0, 0.02, generator=generator)
+                self.params[name] = weight
+        return self
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> LlamaModel:
+        """Takes Hugging Face parameter names; fuses q/k/v and gate/up for one GEMM each."""
+        c = self.config
+
+        def take(name: str) -> torch.Tensor:
+            if name not in tensors:
+                raise ValueError(f"checkpoint lacks the tensor {name!r}")
+            return tensors[name].to(device=self.device, dtype=self.dtype)
+
+        self.params["embed"] = take("model.embed_tokens.weight")
+        self.params["norm"] = take("model.norm.weight")
+        if not c.tie_word_embeddings:
+            self.params["lm_head"] = take("lm_head.weight")
+        for i in range(c.num_layers):
+            p = f"model.layers.{i}."
+            attn = [take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]
+            self.params[f"{i}.wqkv"] = torch.cat(attn, dim=0).contiguous()
+            self.params[f"{i}.wo"] = take(p + "self_attn.o_proj.weight")
+            self.params[f"{i}.attn_norm"] = take(p + "input_layernorm.weight")
+            self.params[f"{i}.mlp_norm"] = take(p + "post_attention_layernorm.weight")
+            gate_up = [take(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")]
+            self.params[f"{i}.w_gate_up"] = torch.cat(gate_up, dim=0).contiguous()
+            self.params[f"{i}.w_down"] = take(p + "mlp.down_proj.weight")
+        for name, shape in self.shapes.items():
+            if tuple(self.params[name].shape) != shape:
+                raise ValueError(f"tensor {name} has shape {tuple(self.params[name].shape)}")
+        return self
+
+    @property
+    def lm_head(self) -> torch.Tensor:
+        return self.params.get("lm_head", self.params["embed"])
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.params.values())
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def _layers(self, x, cache: KVCache, slots, positions, attend):
+        """Runs all layers over flat tokens ``x`` (N, hidden); ``attend(layer, q)`` -> (N, H*d)."""
+        c, ops, p = self.config, self.ops, self.params
+        eps = c.rms_norm_eps
+        residual = x
+        h = ops.rmsnorm(residual, p["0.attn_norm"], eps)
+        for i in range(c.num_layers):
+            qkv = F.linear(h, p[f"{i}.wqkv"])
+            q = ops.rope_and_cache(
+                qkv, positions, slots, cache.k[i], cache.v[i], self.rope_cos, self.rope_sin, c
+            )
+            attn = attend(i, q)
+            residual, h = ops.add_rmsnorm(
+                residual, F.linear(attn, p[f"{i}.wo"]), p[f"{i}.mlp_norm"], eps
+            )
+            mlp = F.linear(ops.silu_mul(F.linear(h, p[f"{i}.w_gate_up"])), p[f"{i}.w_down"])
+            next_norm = p[f"{i + 1}.attn_norm"] if i + 1 < c.num_layers else p["norm"]
+            residual, h = ops.add_rmsnorm(residual, mlp, next_norm, eps)
+        return h
+
+    def decode(
+        self,
+        cache: KVCache,
+        token_ids: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        max_len: int | None = None,
+    ) -> torch.Tensor:
+        """One new token for each row; ``positions`` is where it goes. Returns (B, vocab) logits.
+
+        ``max_len`` bounds how much cache the reference attention reads (the longest live
+        context); kernels that read each row's own length ignore it.
+        """
+        max_len = cache.max_seq_len if max_len is None else max_len
+        x = self.params["embed"][token_ids]
+
+        def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
+            return self.ops.decode_attention(
+                q, cache.k[layer], cache.v[layer], slots, positions, max_len
+            )
+
+        h = self._layers(x, cache, slots, positions, attend)
+        return self.ops.lm_head(h, self.lm_head)
+
+    def prefill(self, cache: KVCache, token_ids: torch.Tensor, slot: int, start: int):
+        """Prompt tokens ``token_ids`` at positions ``start..``; returns the last row's logits."""
+        c = self.config
+        n = token_ids.shape[0]
+        positions = torch.arange(start, start + n, device=self.device)
+        slots = torch.full((n,), slot, device=self.device, dtype=torch.long)
+        x = self.params["embed"][token_ids]
+        total = start + n
+        groups = c.num_heads // c.num_kv_heads
+        mask = None
+        if start > 0:
+            # Query i (position start+i) sees keys 0..start+i.
+            mask = torch.arange(total, device=self.device)[None, :] <= positions[:, None]
+
+        def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
+            k = cache.k[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
+            v = cache.v[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
+            out = F.scaled_dot_product_attention(
+                q.transpose(0, 1), k, v, attn_mask=mask, is_causal=mask is None
+            )
+            return out.transpose(0, 1).reshape(n, c.num_heads * c.head_dim)
+
+        h = self._layers(x, cache, slots, positions, attend)
+        return self.ops.lm_head(h[-1:], self.lm_head)[0]
+
+
+def load_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, ops=None):
+    """Random weights for a preset; the safetensors of ``config.checkpoint_dir`` otherwise."""
+    model = LlamaModel(config, device, dtype, ops)
+    if config.checkpoint_dir is None:
+        return model.init_random()
+    from safetensors.torch import load_file
+
+    files = sorted(Path(config.checkpoint_dir).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no *.safetensors in {config.checkpoint_dir}")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        tensors |= load_file(str(file), device="cpu")
+    return model.load_state(tensors)

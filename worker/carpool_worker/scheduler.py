@@ -1,0 +1,285 @@
+"""Iteration-level scheduling over per-endpoint queues: pure Python, no torch, no clock reads.
+
+Contract: a :class:`Scheduler` owns the waiting queues, the running set and the KV slots.
+``submit`` queues a request or raises :class:`Rejected` (404 unknown endpoint, 429 queue full);
+``schedule(now)`` returns the next :class:`Step`: requests that left (cancelled, or past their
+endpoint's ``maxQueueWaitMilliseconds``: 429), requests admitted into slots, the prefill chunks
+and the decode batch; ``complete(step, tokens)`` records the sampled tokens and frees the slots
+of finished requests. The rules:
+
+- Higher ``priority`` endpoints are admitted first; within an endpoint, first come first served.
+- An endpoint never runs more than ``maxBatchSize`` requests at once.
+- A waiting request is admitted once its endpoint's queue can fill the endpoint's free batch
+  room, or once the oldest of them has waited ``batchWindowMilliseconds``; while a
+  higher-priority endpoint gathers its batch, the slots it would take are held for it.
+- Each step decodes every running request that has its prompt in the cache, and prefills at
+  most ``prefill_token_budget`` prompt tokens (long prompts go in chunks), so a long prompt
+  never stalls the decodes running beside it.
+- A cancelled request leaves at the next step and its slot is free for that step's admissions.
+- Limits change at any time; endpoints dropped from the document stop taking requests but
+  finish the ones they hold.
+
+The engine calls all of this under one lock; only ``Request.cancel`` is safe from any thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .limits import EndpointLimits, LimitsDocument
+
+_ids = itertools.count(1)
+
+
+class Rejected(Exception):
+    """A request the worker will not serve; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class StaleLimits(Exception):
+    """A limits document older than the one in force."""
+
+
+@dataclass(eq=False)
+class Request:
+    prompt_ids: list[int]
+    max_tokens: int
+    endpoint: str
+    arrival: float
+    temperature: float = 0.0
+    top_p: float = 1.0
+    sink: Any = None  # called by the engine with each event; see engine.py
+    id: int = field(default_factory=lambda: next(_ids))
+    slot: int | None = None
+    admitted_at: float | None = None
+    num_prefilled: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False
+    cancel_reason: str = "cancelled"
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Asks the request to leave at the next step; ``reason`` becomes its finish reason
+        (``stop`` when the caller matched a stop string, ``cancelled`` for a disconnect)."""
+        # Plain attribute writes are atomic in CPython; the scheduler sees them at the next step.
+        self.cancel_reason = reason
+        self.cancelled = True
+
+    @property
+    def prefill_done(self) -> bool:
+        return self.num_prefilled >= len(self.prompt_ids)
+
+    @property
+    def context_len(self) -> int:
+        return self.num_prefilled + len(self.output_ids)
+
+
+@dataclass
+class Step:
+    cancelled: list[Request] = field(default_factory=list)
+    expired: list[Request] = field(default_factory=list)
+    admitted: list[Request] = field(default_factory=list)
+    prefill: list[tuple[Request, int, int]] = field(default_factory=list)  # (req, start, length)
+    decode: list[Request] = field(default_factory=list)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.prefill or self.decode)
+
+
+@dataclass
+class EndpointQueue:
+    limits: EndpointLimits
+    waiting: deque = field(default_factory=deque)
+    running: int = 0
+    retired: bool = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        limits: LimitsDocument,
+        num_slots: int,
+        max_seq_len: int,
+        prefill_token_budget: int,
+        eos_token_ids: tuple[int, ...] = (),
+    ):
+        self.num_slots = num_slots
+        self.max_seq_len = max_seq_len
+        self.prefill_token_budget = max(1, prefill_token_budget)
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.free_slots: list[int] = list(range(num_slots - 1, -1, -1))
+        self.running: list[Request] = []
+        self.endpoints: dict[str, EndpointQueue] = {}
+        self.limits = limits
+        for name, lim in limits.endpoints.items():
+            self.endpoints[name] = EndpointQueue(lim)
+
+    # -- limits -----------------------------------------------------------------------------
+
+    def apply_limits(self, doc: LimitsDocument) -> None:
+        if doc.version < self.limits.version:
+            raise StaleLimits(f"version {doc.version} is older than {self.limits.version}")
+        for name, queue in self.endpoints.items():
+            queue.retired = name not in doc.endpoints
+        for name, lim in doc.endpoints.items():
+            if name in self.endpoints:
+                self.endpoints[name].limits = lim
+                self.endpoints[name].retired = False
+            else:
+                self.endpoints[name] = EndpointQueue(lim)
+        self.limits = doc
+        self._drop_drained_endpoints()
+
+    def _drop_drained_endpoints(self) -> None:
+        for name in [n for n, q in self.endpoints.items() if q.retired]:
+            queue = self.endpoints[name]
+            if not queue.waiting and queue.running == 0:
+                del self.endpoints[name]
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> None:
+        queue = self.endpoints.get(req.endpoint)
+        if queue is None or queue.retired:
+            raise Rejected(404, f"unknown endpoint {req.endpoint!r}")
+        total = len(req.prompt_ids) + req.max_tokens
+        if total > self.max_seq_len:
+            raise Rejected(
+                400,
+                f"prompt ({len(req.prompt_ids)} tokens) plus max_tokens ({req.max_tokens}) "
+                f"exceeds the context of {self.max_seq_len} tokens",
+            )
+        if len(queue.waiting) >= queue.limits.max_queue_length:
+            raise Rejected(
+                429,
+                f"endpoint {req.endpoint!r} has {len(queue.waiting)} requests waiting, "
+                f"its maxQueueLength",
+                retry_after=1,
+            )
+        queue.waiting.append(req)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Endpoint -> (waiting, running)."""
+        return {name: (len(q.waiting), q.running) for name, q in self.endpoints.items()}
+
+    @property
+    def has_waiting(self) -> bool:
+        return any(q.waiting for q in self.endpoints.values())
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> Step:
+        step = Step()
+        self._leave(step, now)
+        self._admit(step, now)
+        budget = self.prefill_token_budget
+        by_priority = sorted(
+            self.running, key=lambda r: (-self.endpoints[r.endpoint].limits.priority, r.arrival)
+        )
+        for req in by_priority:
+            if req.prefill_done:
+                step.decode.append(req)
+            elif budget > 0:
+                length = min(len(req.prompt_ids) - req.num_prefilled, budget)
+                step.prefill.append((req, req.num_prefilled, length))
+                budget -= length
+        return step
+
+    def _leave(self, step: Step, now: float) -> None:
+        for req in [r for r in self.running if r.cancelled]:
+            req.finish_reason = req.cancel_reason
+            self._release(req)
+            step.cancelled.append(req)
+        for queue in self.endpoints.values():
+            deadline = queue.limits.max_queue_wait_ms / 1000.0
+            kept: deque = deque()
+            for req in queue.waiting:
+                if req.cancelled:
+                    req.finish_reason = req.cancel_reason
+                    step.cancelled.append(req)
+                elif now - req.arrival > deadline:
+                    req.finish_reason = "expired"
+                    step.expired.append(req)
+                else:
+                    kept.append(req)
+            queue.waiting = kept
+        self._drop_drained_endpoints()
+
+    def _admit(self, step: Step, now: float) -> None:
+        free = len(self.free_slots)
+        order = sorted(self.endpoints.items(), key=lambda item: -item[1].limits.priority)
+        for _, queue in order:
+            if not queue.waiting or free == 0:
+                continue
+            room = max(0, queue.limits.max_batch_size - queue.running)
+            if room == 0:
+                continue
+            window = queue.limits.batch_window_ms / 1000.0
+            gathered = len(queue.waiting) >= room or now - queue.waiting[0].arrival >= window
+            take = min(room, free, len(queue.waiting))
+            if not gathered:
+                free -= take  # held for this endpoint while its window runs
+                continue
+            for _ in range(take):
+                req = queue.waiting.popleft()
+                req.slot = self.free_slots.pop()
+                req.admitted_at = now
+                queue.running += 1
+                self.running.append(req)
+                step.admitted.append(req)
+            free -= take
+
+    def complete(
+        self, step: Step, tokens: dict[int, int]
+    ) -> tuple[list[tuple[Request, int]], list[Request]]:
+        """Records the token sampled for each request id.
+
+        Returns the (request, token) pairs to send, in order, and the requests that finished.
+        """
+        emitted, finished = [], []
+        for req, _, length in step.prefill:
+            req.num_prefilled += length
+        for req in [r for r, _, _ in step.prefill] + step.decode:
+            if req.id not in tokens or req.finish_reason is not None:
+                continue
+            token = tokens[req.id]
+            req.output_ids.append(token)
+            emitted.append((req, token))
+            if token in self.eos_token_ids:
+                req.finish_reason = "stop"
+            elif len(req.output_ids) >= req.max_tokens:
+                req.finish_reason = "length"
+            if req.finish_reason is not None:
+                self._release(req)
+                finished.append(req)
+        return emitted, finished
+
+    def _release(self, req: Request) -> None:
+        self.running.remove(req)
+        self.free_slots.append(req.slot)
+        queue = self.endpoints.get(req.endpoint)
+        if queue is not None:
+            queue.running -= 1
+
+    def next_deadline(self, now: float) -> float | None:
+        """The soonest time a window closes or a wait expires: when to schedule again if idle."""
+        times = []
+        for queue in self.endpoints.values():
+            if queue.waiting:
+                head = queue.waiting[0].arrival
+                times.append(head + queue.limits.batch_window_ms / 1000.0)
+                times.append(head + queue.limits.max_queue_wait_ms / 1000.0 + 1e-3)
+        return min(times) if times else None
+
+    @property
+    def kv_tokens_in_use(self) -> int:
+        return sum(r.context_len for r in self.running)

@@ -1,0 +1,94 @@
+"""Text <-> token ids through the ``tokenizers`` library, offline.
+
+Contract: ``load_tokenizer(config)`` returns a :class:`TextCodec` that reads the checkpoint's
+``tokenizer.json`` when there is one, and otherwise builds a byte-level tokenizer in code (256
+byte tokens, then BOS and EOS), so presets work with nothing downloaded. ``IncrementalDecoder``
+turns a growing list of ids into text deltas without splitting a multi-byte character.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from .config import ModelConfig
+
+BYTE_BOS = "<|begin_of_text|>"
+BYTE_EOS = "<|end_of_text|>"
+
+
+def byte_level_tokenizer() -> Tokenizer:
+    """A BPE with no merges over the 256 byte-level symbols: every byte is one token."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    # The byte-level alphabet maps bytes 0..255 to printable symbols; order them by byte value
+    # so that token id == byte value, which keeps ids stable and easy to reason about in tests.
+    byte_to_symbol = _bytes_to_unicode()
+    vocab = {byte_to_symbol[b]: b for b in range(256)}
+    assert set(vocab) == set(alphabet)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([BYTE_BOS, BYTE_EOS])
+    return tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (what ByteLevel uses)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+class TextCodec:
+    """Encodes prompts and decodes completions for one model."""
+
+    def __init__(self, tokenizer: Tokenizer, bos_token_id: int | None, vocab_size: int):
+        self.tokenizer = tokenizer
+        self.bos_token_id = bos_token_id
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class IncrementalDecoder:
+    """Yields the new text of each token, holding back an incomplete UTF-8 sequence."""
+
+    def __init__(self, codec: TextCodec):
+        self.codec = codec
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.codec.decode(self.ids)
+        # A partial multi-byte character decodes to U+FFFD; wait for the rest of it.
+        if text.endswith("\ufffd"):
+            return ""
+        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
+        self.emitted = text
+        return delta
+
+
+def load_tokenizer(config: ModelConfig) -> TextCodec:
+    if config.checkpoint_dir is not None and (config.checkpoint_dir / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_file(str(config.checkpoint_dir / "tokenizer.json"))
+        return TextCodec(tokenizer, config.bos_token_id, config.vocab_size)
+    # Presets and checkpoints without a tokenizer: bytes. For the bench shapes the ids above
+    # 257 decode to nothing, which is fine for load generators that send token ids.
+    bos = config.bos_token_id if config.name == "tiny" else None
+    return TextCodec(byte_level_tokenizer(), bos, config.vocab_size)

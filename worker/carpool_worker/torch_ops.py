@@ -1,0 +1,68 @@
+"""The model's elementwise and attention steps in plain torch: the reference implementation.
+
+Contract: every method computes what the fused CUDA kernels of ``kernels.py`` compute, with
+the same signatures, so ``LlamaModel`` can run either. Shapes: ``qkv`` is (N, (H + 2K) * d)
+for N flat tokens, ``q`` is (N, H, d), caches of one layer are (slots, max_seq, K, d).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE; x (N, heads, d), cos/sin (N, d/2) float32."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos = cos[:, None, :].to(x.dtype)
+    sin = sin[:, None, :].to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class TorchOps:
+    name = "torch"
+
+    def rmsnorm(self, x, weight, eps):
+        return rmsnorm(x, weight, eps)
+
+    def add_rmsnorm(self, residual, delta, weight, eps):
+        residual = residual + delta
+        return residual, rmsnorm(residual, weight, eps)
+
+    def silu_mul(self, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def rope_and_cache(self, qkv, positions, slots, k_cache, v_cache, rope_cos, rope_sin, config):
+        n = qkv.shape[0]
+        h, kh, d = config.num_heads, config.num_kv_heads, config.head_dim
+        q, k, v = qkv.split([h * d, kh * d, kh * d], dim=-1)
+        cos, sin = rope_cos[positions], rope_sin[positions]
+        q = apply_rope(q.view(n, h, d), cos, sin)
+        k = apply_rope(k.view(n, kh, d), cos, sin)
+        k_cache[slots, positions] = k
+        v_cache[slots, positions] = v.view(n, kh, d)
+        return q
+
+    def decode_attention(self, q, k_cache, v_cache, slots, positions, max_len):
+        """Each row attends to its own slot's keys at positions 0..positions[row]."""
+        b, h, d = q.shape
+        kh = k_cache.shape[2]
+        k = k_cache[slots, :max_len].float()  # (B, L, K, d)
+        v = v_cache[slots, :max_len].float()
+        qg = q.float().view(b, kh, h // kh, d)
+        scores = torch.einsum("bkgd,blkd->bkgl", qg, k) * (d**-0.5)
+        dead = torch.arange(max_len, device=q.device)[None, :] > positions[:, None]
+        scores = scores.masked_fill(dead[:, None, None, :], float("-inf"))
+        out = torch.einsum("bkgl,blkd->bkgd", scores.softmax(-1), v)
+        return out.to(q.dtype).reshape(b, h * d)
+
+    def lm_head(self, h, weight):
+        return F.linear(h, weight)
