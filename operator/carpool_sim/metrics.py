@@ -1,0 +1,108 @@
+"""What one run records: every request's fate (ground truth) and the workers' Prometheus series.
+
+Contract:
+- `RunRecorder` is the `Recorder` every replica of one run reports to. Per endpoint it keeps
+  each request's queue wait and TTFT (NaN until known) for the final report, and the cumulative
+  counters and histograms a worker exports (`carpool_requests_total{outcome}`,
+  `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
+  `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`), summed over the pool's
+  pods, for the simulated Prometheus to scrape.
+- Histogram buckets are `BUCKETS` (upper bounds in seconds, +Inf implied).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carpool_sim.trace import Request
+
+BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0,
+    1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+
+@dataclass
+class Histogram:
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+    def copy(self) -> Histogram:
+        return Histogram(self.counts.copy(), self.total)
+
+
+@dataclass
+class EndpointSeries:
+    """One endpoint's cumulative worker counters and histograms, summed over pods."""
+
+    requests: dict[str, float] = field(
+        default_factory=lambda: {"ok": 0.0, "rejected": 0.0, "error": 0.0}
+    )
+    prompt_tokens: float = 0.0
+    generated_tokens: float = 0.0
+    queue_wait: Histogram = field(default_factory=Histogram)
+    ttft: Histogram = field(default_factory=Histogram)
+
+    def copy(self) -> EndpointSeries:
+        return EndpointSeries(
+            dict(self.requests),
+            self.prompt_tokens,
+            self.generated_tokens,
+            self.queue_wait.copy(),
+            self.ttft.copy(),
+        )
+
+
+class RunRecorder:
+    def __init__(self, requests: list[Request]):
+        self.requests = requests
+        self.index = {id(r): i for i, r in enumerate(requests)}
+        n = len(requests)
+        self.queue_wait = np.full(n, np.nan)
+        self.ttft = np.full(n, np.nan)
+        self.finished_at = np.full(n, np.nan)
+        self.was_rejected = np.zeros(n, dtype=bool)
+        self.resolved = 0
+        self.series: dict[str, EndpointSeries] = {}
+        # Completions in time order, for the p95-TTFT-over-time plot: (time, ttft, endpoint).
+        self.first_tokens: list[tuple[float, float, str]] = []
+
+    def _series(self, endpoint: str) -> EndpointSeries:
+        if endpoint not in self.series:
+            self.series[endpoint] = EndpointSeries()
+        return self.series[endpoint]
+
+    def admitted(self, request: Request, now: float) -> None:
+        wait = now - request.arrival_seconds
+        self.queue_wait[self.index[id(request)]] = wait
+        series = self._series(request.endpoint)
+        series.queue_wait.observe(wait)
+        series.prompt_tokens += request.prompt_tokens
+
+    def first_token(self, request: Request, now: float) -> None:
+        ttft = now - request.arrival_seconds
+        self.ttft[self.index[id(request)]] = ttft
+        self._series(request.endpoint).ttft.observe(ttft)
+        self.first_tokens.append((now, ttft, request.endpoint))
+
+    def finished(self, request: Request, now: float) -> None:
+        self.finished_at[self.index[id(request)]] = now
+        series = self._series(request.endpoint)
+        series.requests["ok"] += 1
+        series.generated_tokens += request.output_tokens
+        self.resolved += 1
+
+    def rejected(self, request: Request, now: float, reason: str) -> None:
+        self.was_rejected[self.index[id(request)]] = True
+        self._series(request.endpoint).requests["rejected"] += 1
+        self.resolved += 1
+
+    def snapshot(self) -> dict[str, EndpointSeries]:
+        return {name: s.copy() for name, s in self.series.items()}

@@ -1,0 +1,131 @@
+"""A simulated Prometheus: scrapes at a fixed interval, answers what PromQL would.
+
+Contract:
+- `scrape(sample)` stores one scrape; `latest(now)` is the newest sample taken at or before
+  `now` (a controller never sees anything fresher than the last scrape).
+- `window(now, seconds)` is the (older, newer) pair of samples that `rate(x[seconds])` would
+  span at `now`; None when there is no older sample yet.
+- `histogram_quantile(q, counts)` interpolates linearly inside the bucket as Prometheus does,
+  returns the largest finite bound when the quantile falls in +Inf, and None for no samples.
+- `observation(...)` builds the policy's `Observation` the way the operator does from PromQL:
+  per endpoint, rates over the window, p95s from histogram increases over the window, gauges
+  from the newest scrape.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carpool_policy import EndpointLimits, EndpointObservation, Observation
+from carpool_sim.metrics import BUCKETS, EndpointSeries
+
+
+@dataclass
+class Sample:
+    time: float
+    series: dict[str, EndpointSeries]
+    waiting: dict[str, int] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    # DCGM_FI_DEV_GPU_UTIL averaged over the ready pods (busy fraction since the last scrape).
+    gpu_utilization: float | None = None
+    ready_replicas: int = 0
+
+
+class Prometheus:
+    def __init__(self, retention_seconds: float = 900.0):
+        self.retention_seconds = retention_seconds
+        self.samples: deque[Sample] = deque()
+
+    def scrape(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        while self.samples and self.samples[0].time < sample.time - self.retention_seconds:
+            self.samples.popleft()
+
+    def latest(self, now: float) -> Sample | None:
+        for sample in reversed(self.samples):
+            if sample.time <= now:
+                return sample
+        return None
+
+    def window(self, now: float, seconds: float) -> tuple[Sample, Sample] | None:
+        newest = self.latest(now)
+        if newest is None:
+            return None
+        older = None
+        for sample in self.samples:
+            if sample.time >= newest.time - seconds - 1e-9 and sample.time < newest.time:
+                older = sample
+                break
+        return None if older is None else (older, newest)
+
+
+def histogram_quantile(q: float, counts: np.ndarray) -> float | None:
+    total = float(counts.sum())
+    if total <= 0:
+        return None
+    rank = q * total
+    cumulative = np.cumsum(counts)
+    i = int(np.searchsorted(cumulative, rank, side="left"))
+    if i >= len(BUCKETS):
+        return BUCKETS[-1]
+    lower = 0.0 if i == 0 else BUCKETS[i - 1]
+    below = 0.0 if i == 0 else float(cumulative[i - 1])
+    inside = float(counts[i])
+    if inside <= 0:
+        return BUCKETS[i]
+    return lower + (BUCKETS[i] - lower) * (rank - below) / inside
+
+
+def endpoint_observation(
+    name: str, older: Sample, newest: Sample, quantile: float = 0.95
+) -> EndpointObservation:
+    empty = EndpointSeries()
+    a, b = older.series.get(name, empty), newest.series.get(name, empty)
+    span = newest.time - older.time
+    done = sum(b.requests.values()) - sum(a.requests.values())
+    admitted = b.queue_wait.counts.sum() - a.queue_wait.counts.sum()
+    ok = b.requests["ok"] - a.requests["ok"]
+    return EndpointObservation(
+        arrival_rate_per_second=done / span,
+        mean_prompt_tokens=(b.prompt_tokens - a.prompt_tokens) / admitted if admitted else None,
+        mean_generated_tokens=(b.generated_tokens - a.generated_tokens) / ok if ok else None,
+        queue_wait_p95_seconds=histogram_quantile(
+            quantile, b.queue_wait.counts - a.queue_wait.counts
+        ),
+        ttft_p95_seconds=histogram_quantile(quantile, b.ttft.counts - a.ttft.counts),
+        waiting=float(newest.waiting.get(name, 0)),
+        running=float(newest.running.get(name, 0)),
+        rejected_rate_per_second=(b.requests["rejected"] - a.requests["rejected"]) / span,
+    )
+
+
+def observation(
+    prometheus: Prometheus,
+    now: float,
+    rate_window_seconds: float,
+    endpoints: list[str],
+    desired_replicas: int,
+    ready_replicas: int,
+    limits: dict[str, EndpointLimits],
+) -> Observation:
+    pair = prometheus.window(now, rate_window_seconds)
+    if pair is None:
+        return Observation(
+            sampled_at=None,
+            available=True,
+            desired_replicas=desired_replicas,
+            ready_replicas=ready_replicas,
+            limits=limits,
+        )
+    older, newest = pair
+    return Observation(
+        sampled_at=newest.time,
+        available=True,
+        desired_replicas=desired_replicas,
+        ready_replicas=ready_replicas,
+        endpoints={name: endpoint_observation(name, older, newest) for name in endpoints},
+        limits=limits,
+    )
