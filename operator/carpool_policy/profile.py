@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 PROFILE_SCHEMA = "carpool.dev/profile/v1"
@@ -104,16 +105,20 @@ class Profile:
 
     def step_seconds(self, batch_size: float, context_tokens: float) -> float:
         """One decode step's time for `batch_size` sequences of mean context `context_tokens`."""
-        curves = self._decode_curves()
+        curves = self._decode_curves
         contexts = [c for c, _ in curves]
         values = [_interpolate(curve, max(1.0, batch_size)) for _, curve in curves]
         return _interpolate(list(zip(contexts, values, strict=True)), max(0.0, context_tokens))
 
     def prefill_seconds(self, prompt_tokens: float) -> float:
         """The time to prefill one prompt of `prompt_tokens` tokens."""
-        points = [(float(p.prompt_tokens), p.seconds) for p in self.prefill]
-        return _interpolate(points, max(0.0, prompt_tokens), proportional=True)
+        return _interpolate(self._prefill_curve, max(0.0, prompt_tokens), proportional=True)
 
+    @cached_property
+    def _prefill_curve(self) -> list[tuple[float, float]]:
+        return sorted((float(p.prompt_tokens), p.seconds) for p in self.prefill)
+
+    @cached_property
     def _decode_curves(self) -> list[tuple[float, list[tuple[float, float]]]]:
         # One step-time-vs-batch curve per measured context length, sorted by context.
         by_context: dict[int, list[tuple[float, float]]] = {}

@@ -21,6 +21,12 @@ class Tuning:
     # Squared coefficients of variation of inter-arrival and service times (Kingman).
     arrival_scv: float = 1.0
     service_scv: float = 1.0
+    # The planning-quantile prompt is at most this many times the mean prompt.
+    max_prompt_tail_ratio: float = 4.0
+    # Share of an SLA endpoint's spare budget given to its batch window.
+    window_share_of_spare: float = 0.1
+    # SLA endpoints get enough batch slots for this multiple of their running sequences.
+    slot_burst_factor: float = 2.0
     # Highest GPU busy fraction planned for, even for throughput-only traffic.
     max_utilization: float = 0.9
     # Metrics older than this many control intervals are stale (hold).
@@ -34,6 +40,8 @@ class Tuning:
     # Feedback: weight of the newest measured/predicted ratio, and the correction's bounds.
     correction_weight: float = 0.3
     correction_bounds: tuple[float, float] = (0.5, 4.0)
+    # Feedback learns only when the model predicts at least this much queueing (seconds).
+    min_predicted_queueing: float = 0.01
     # Below this arrival rate (req/s) an endpoint's measured p95s are too noisy for feedback.
     min_feedback_rate: float = 0.2
     # At most this fraction of the replicas (and at least one) go in one scale-down.

@@ -1,0 +1,269 @@
+"""The capacity model: predicted TTFT of every endpoint for a replica count and batch limits.
+
+Contract: `forecast(loads, limits, replicas, profile, tuning)` is pure arithmetic over the
+profile and the queueing formulas in `queueing`. Its picture of one replica (one GPU):
+
+- Requests are spread evenly over the replicas (each sees arrival rate / replicas).
+- Admitting a request costs the GPU its prefill plus the decode step it rides with; these
+  admissions queue in priority order (non-preemptive priority M/G/1, Kingman's correction for
+  bursty arrivals). An endpoint waits for its own and higher classes' admissions and for the
+  residual of whatever is in service, lower classes included.
+- Running sequences decode together: the batch is found by Little's law
+  (running = throughput * time in the batch) at a fixed point with the step time, which
+  grows with the batch and the mean context; prefills interleaved with decode slow it down.
+- A request also waits for a free slot of its endpoint's `maxBatchSize` (Erlang C).
+- A throughput class (no SLA) with requests waiting fills all its slots.
+
+The p-quantile TTFT is the queue and slot waits (times the endpoint's feedback correction) and
+the own prefill, combined, plus one step and the batch window. The floor is the same without
+the waits: what no number of replicas can improve on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from carpool_policy.profile import Profile
+from carpool_policy.queueing import (
+    combine_quantiles,
+    exponential_tail_quantile,
+    priority_mean_wait,
+    slot_wait_quantile,
+)
+from carpool_policy.tuning import Tuning
+from carpool_policy.types import EndpointLimits
+
+FIXED_POINT_ITERATIONS = 40
+
+
+@dataclass(frozen=True)
+class EndpointLoad:
+    """One endpoint's traffic to plan for, pool-wide."""
+
+    name: str
+    priority: int
+    arrival_rate: float  # requests per second
+    prompt_tokens: float
+    generated_tokens: float
+    budget_seconds: float | None  # p95 TTFT budget; None for a throughput class
+    correction: float = 1.0  # measured / predicted, from feedback
+    backlogged: bool = False  # requests are waiting (only matters for throughput classes)
+
+    @property
+    def fills_slots(self) -> bool:
+        return self.budget_seconds is None and self.backlogged
+
+
+@dataclass(frozen=True)
+class EndpointForecast:
+    ttft_p95_seconds: float  # math.inf when the endpoint's queue would grow without bound
+    ttft_planned_seconds: float  # at the planning quantile
+    # The same without any queueing: what no number of replicas can improve on.
+    floor_p95_seconds: float
+    floor_planned_seconds: float
+    running_per_replica: float
+    throughput_per_second: float  # pool-wide requests per second admitted
+
+
+@dataclass(frozen=True)
+class PoolForecast:
+    replicas: int
+    admission_utilization: float  # GPU time fraction spent admitting (prefill + its step)
+    batch_per_replica: float
+    step_seconds: float
+    kv_tokens_per_replica: float
+    endpoints: Mapping[str, EndpointForecast]
+
+
+def forecast(
+    loads: Sequence[EndpointLoad],
+    limits: Mapping[str, EndpointLimits],
+    replicas: int,
+    profile: Profile,
+    tuning: Tuning,
+) -> PoolForecast:
+    if replicas <= 0:
+        idle = all(load.arrival_rate <= 0 and not load.fills_slots for load in loads)
+        wait = 0.0 if idle else math.inf
+        return PoolForecast(
+            replicas,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            {load.name: EndpointForecast(wait, wait, 0.0, 0.0, 0.0, 0.0) for load in loads},
+        )
+    ordered = sorted(loads, key=lambda load: -load.priority)
+    prefill = {load.name: profile.prefill_seconds(load.prompt_tokens) for load in loads}
+    slots = {load.name: limits[load.name].max_batch_size for load in loads}
+    step = profile.step_seconds(1, _mean_context(loads, {})) if loads else 0.0
+    running: dict[str, float] = {}
+    throughput: dict[str, float] = {}
+    utilization: dict[str, float] = {}
+    for _ in range(FIXED_POINT_ITERATIONS):
+        free = 1.0
+        step_in_batch = step / max(0.05, 1.0 - min(0.95, sum(utilization.values())))
+        for load in ordered:
+            service = prefill[load.name] + step
+            if load.fills_slots:
+                in_batch = prefill[load.name] + load.generated_tokens * step_in_batch
+                rate = min(slots[load.name] / in_batch, free / service)
+            else:
+                rate = load.arrival_rate / replicas
+            throughput[load.name] = rate
+            utilization[load.name] = rate * service
+            free = max(0.0, free - utilization[load.name])
+        step_in_batch = step / max(0.05, 1.0 - min(0.95, sum(utilization.values())))
+        for load in loads:
+            in_batch = prefill[load.name] + load.generated_tokens * step_in_batch
+            running[load.name] = min(throughput[load.name] * in_batch, float(slots[load.name]))
+        batch = sum(running.values())
+        new_step = profile.step_seconds(max(1.0, batch), _mean_context(loads, running))
+        if abs(new_step - step) <= 1e-9:
+            break
+        step = 0.5 * (step + new_step)  # damped: the step time feeds back into the batch
+
+    total_utilization = sum(utilization.values())
+    burstiness = (tuning.arrival_scv + tuning.service_scv) / 2.0
+    residual = sum(utilization[n] * (prefill[n] + step) * burstiness for n in utilization)
+    busy = min(0.999, total_utilization)
+    endpoints: dict[str, EndpointForecast] = {}
+    for load in loads:
+        higher = sum(utilization[o.name] for o in loads if o.priority > load.priority)
+        through_own = higher + sum(
+            utilization[o.name] for o in loads if o.priority == load.priority
+        )
+        mean_wait = priority_mean_wait(residual, higher, through_own)
+        in_batch = prefill[load.name] + load.generated_tokens * step / max(
+            0.05, 1.0 - min(0.95, total_utilization)
+        )
+        offered_slots = throughput[load.name] * in_batch
+
+        waits = _Waits(
+            mean_queue=mean_wait,
+            busy=busy,
+            slots=slots[load.name],
+            offered_slots=offered_slots,
+            in_batch=in_batch,
+            fixed=step + limits[load.name].batch_window_milliseconds / 1000.0,
+        )
+        endpoints[load.name] = EndpointForecast(
+            ttft_p95_seconds=_ttft(0.95, load, waits, profile, tuning),
+            ttft_planned_seconds=_ttft(tuning.planning_quantile, load, waits, profile, tuning),
+            floor_p95_seconds=_ttft(0.95, load, waits, profile, tuning, queueing=False),
+            floor_planned_seconds=_ttft(
+                tuning.planning_quantile, load, waits, profile, tuning, queueing=False
+            ),
+            running_per_replica=running[load.name],
+            throughput_per_second=throughput[load.name] * replicas,
+        )
+    kv_tokens = sum(
+        running[load.name] * (load.prompt_tokens + load.generated_tokens) for load in loads
+    )
+    return PoolForecast(
+        replicas=replicas,
+        admission_utilization=total_utilization,
+        batch_per_replica=sum(running.values()),
+        step_seconds=step,
+        kv_tokens_per_replica=kv_tokens,
+        endpoints=endpoints,
+    )
+
+
+def meets_targets(
+    result: PoolForecast,
+    loads: Sequence[EndpointLoad],
+    limits: Mapping[str, EndpointLimits],
+    profile: Profile,
+    tuning: Tuning,
+    headroom: float,
+) -> bool:
+    """True when every SLA endpoint's planned TTFT fits `headroom` of its budget and the
+    throughput classes' demand can be served without an ever-growing queue."""
+    if result.kv_tokens_per_replica > profile.kv_cache_tokens:
+        return False
+    if result.admission_utilization > tuning.max_utilization and any(
+        load.arrival_rate > 0 and not load.fills_slots for load in loads
+    ):
+        return False
+    for load in loads:
+        predicted = result.endpoints[load.name]
+        if load.budget_seconds is not None:
+            if predicted.ttft_planned_seconds > planning_target(
+                load.budget_seconds, predicted.floor_planned_seconds, headroom
+            ):
+                return False
+        elif not load.fills_slots and load.arrival_rate > 0:
+            # Demand must fit under the slot limit with room to spare.
+            slots = limits[load.name].max_batch_size
+            if predicted.running_per_replica >= tuning.max_utilization * slots:
+                return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Waits:
+    mean_queue: float
+    busy: float
+    slots: int
+    offered_slots: float
+    in_batch: float
+    fixed: float  # one step plus the batch window
+
+
+def _ttft(
+    quantile: float,
+    load: EndpointLoad,
+    waits: _Waits,
+    profile: Profile,
+    tuning: Tuning,
+    queueing: bool = True,
+) -> float:
+    """The `quantile` TTFT: queue and slot waits (scaled by the feedback correction) and the
+    own prefill combined, plus the fixed part. Without `queueing`, the floor no scaling beats."""
+    if load.fills_slots:
+        return math.inf  # a backlog: its wait is the backlog, not a model output
+    own_prefill = profile.prefill_seconds(load.prompt_tokens)
+    own_prefill_quantile = profile.prefill_seconds(
+        load.prompt_tokens * _prompt_tail_ratio(quantile, tuning)
+    )
+    parts = [(own_prefill, own_prefill_quantile)]
+    if queueing:
+        queue = exponential_tail_quantile(waits.mean_queue, waits.busy, quantile)
+        slot = slot_wait_quantile(waits.slots, waits.offered_slots, waits.in_batch, quantile)
+        parts += [
+            (load.correction * waits.mean_queue, load.correction * queue),
+            (0.0, load.correction * slot),
+        ]
+    return combine_quantiles(parts) + waits.fixed
+
+
+def planning_target(budget: float, floor: float, headroom: float) -> float:
+    """The planned-quantile TTFT to plan for: `headroom` of the budget; when even the floor
+    exceeds that, the floor plus the budget's remaining share, so that scaling still bounds
+    the queueing instead of chasing an unreachable number."""
+    return max(headroom * budget, floor + (1.0 - headroom) * budget)
+
+
+def _mean_context(loads: Sequence[EndpointLoad], running: Mapping[str, float]) -> float:
+    """Mean context of the running sequences: prompt plus half the output, by occupancy."""
+    weights = {load.name: running.get(load.name, 0.0) for load in loads}
+    total = sum(weights.values())
+    if total <= 0:
+        if not loads:
+            return 0.0
+        return sum(load.prompt_tokens + load.generated_tokens / 2 for load in loads) / len(loads)
+    return (
+        sum(weights[load.name] * (load.prompt_tokens + load.generated_tokens / 2) for load in loads)
+        / total
+    )
+
+
+def _prompt_tail_ratio(quantile: float, tuning: Tuning) -> float:
+    """Ratio of the `quantile` prompt length to the mean: an exponential tail scaled by the
+    coefficient of variation, capped because the context window bounds real prompts."""
+    exponential = -math.log(1.0 - quantile)
+    ratio = 1.0 + math.sqrt(tuning.service_scv) * (exponential - 1.0)
+    return max(1.0, min(tuning.max_prompt_tail_ratio, ratio))

@@ -1,0 +1,186 @@
+"""The planner: the fewest replicas, and the batch limits, that meet every endpoint's target.
+
+Contract: `plan(loads, spec, profile, tuning, headroom, lowest, highest)` returns a `Plan` whose
+replicas lie in [lowest, highest] and whose limits lie inside the spec's bounds. `fits` says
+whether the targets are met; when even `highest` replicas cannot meet them the plan is for
+`highest` with the lower-priority endpoints' shares shrunk (`shrunk` names them).
+
+Limits, at the chosen replica count:
+- an SLA endpoint gets the fewest batch slots that a `slot_burst_factor` surge of its running
+  sequences would rarely wait for (Erlang C), and a batch window from a share of its spare budget;
+- a throughput class gets the largest batch (and longest window) that still keeps every SLA
+  endpoint inside its budget: it soaks up the spare capacity;
+- when the budgets cannot all be met, the lowest-priority endpoints drop to their minimum batch
+  first, so the highest-priority ones keep theirs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from carpool_policy.capacity import (
+    EndpointLoad,
+    PoolForecast,
+    forecast,
+    meets_targets,
+    planning_target,
+)
+from carpool_policy.profile import Profile
+from carpool_policy.queueing import erlang_c
+from carpool_policy.tuning import Tuning
+from carpool_policy.types import EndpointLimits, EndpointSpec, IntRange, PoolSpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    replicas: int
+    limits: Mapping[str, EndpointLimits]
+    forecast: PoolForecast
+    fits: bool
+    shrunk: tuple[str, ...] = ()
+
+
+def plan(
+    loads: Sequence[EndpointLoad],
+    spec: PoolSpec,
+    profile: Profile,
+    tuning: Tuning,
+    headroom: float,
+    lowest: int,
+    highest: int,
+) -> Plan:
+    endpoints = {e.name: e for e in spec.endpoints}
+    favourable = most_favourable_limits(loads, endpoints)
+    for replicas in range(lowest, highest + 1):
+        result = forecast(loads, favourable, replicas, profile, tuning)
+        if meets_targets(result, loads, favourable, profile, tuning, headroom):
+            return limits_at(loads, endpoints, replicas, profile, tuning, headroom, favourable)
+    return limits_at(loads, endpoints, highest, profile, tuning, headroom, favourable)
+
+
+def limits_at(
+    loads: Sequence[EndpointLoad],
+    endpoints: Mapping[str, EndpointSpec],
+    replicas: int,
+    profile: Profile,
+    tuning: Tuning,
+    headroom: float,
+    favourable: Mapping[str, EndpointLimits],
+) -> Plan:
+    """The batch limits for `replicas` replicas, per the rules in the module docstring."""
+
+    def evaluate(limits: Mapping[str, EndpointLimits]) -> tuple[PoolForecast, bool]:
+        result = forecast(loads, limits, replicas, profile, tuning)
+        return result, meets_targets(result, loads, limits, profile, tuning, headroom)
+
+    base_forecast, base_fits = evaluate(favourable)
+    limits = dict(favourable)
+    for load in loads:
+        if load.budget_seconds is not None:
+            running = base_forecast.endpoints[load.name].running_per_replica
+            limits[load.name] = EndpointLimits(
+                _slots_for(running, endpoints[load.name].max_batch_size, tuning),
+                endpoints[load.name].batch_window_milliseconds.min,
+            )
+    result, fits = evaluate(limits)
+    if base_fits and not fits:
+        limits, result, fits = dict(favourable), base_forecast, base_fits
+
+    shrunk: list[str] = []
+    throughput_classes = [load for load in loads if load.budget_seconds is None]
+    for load in sorted(throughput_classes, key=lambda x: -x.priority):
+        bounds = endpoints[load.name]
+        window = bounds.batch_window_milliseconds.max
+        for size in reversed(batch_size_candidates(bounds.max_batch_size)):
+            trial = {**limits, load.name: EndpointLimits(size, window)}
+            trial_result, trial_fits = evaluate(trial)
+            if trial_fits or size == bounds.max_batch_size.min:
+                limits, result, fits = trial, trial_result, trial_fits
+                break
+        if limits[load.name].max_batch_size < bounds.max_batch_size.max:
+            shrunk.append(load.name)
+
+    if not fits:
+        top = max((load.priority for load in loads), default=0)
+        for load in sorted(loads, key=lambda x: x.priority):
+            if load.priority >= top or load.budget_seconds is None:
+                continue
+            bounds = endpoints[load.name]
+            limits[load.name] = EndpointLimits(
+                bounds.max_batch_size.min, bounds.batch_window_milliseconds.min
+            )
+            shrunk.append(load.name)
+            result, fits = evaluate(limits)
+            if fits:
+                break
+
+    limits = _with_windows(loads, endpoints, limits, result, tuning, headroom)
+    result, _ = evaluate(limits)
+    return Plan(replicas, limits, result, fits, tuple(dict.fromkeys(shrunk)))
+
+
+def batch_size_candidates(bounds: IntRange) -> list[int]:
+    """The batch sizes worth trying: the bounds, powers of two and 1.5x powers of two."""
+    values = {bounds.min, bounds.max}
+    power = 1
+    while power <= bounds.max:
+        values.update({power, power * 3 // 2})
+        power *= 2
+    return sorted(v for v in values if bounds.min <= v <= bounds.max)
+
+
+def most_favourable_limits(
+    loads: Sequence[EndpointLoad], endpoints: Mapping[str, EndpointSpec]
+) -> dict[str, EndpointLimits]:
+    # SLA endpoints and throughput demand get all their slots; a backlog that would fill every
+    # slot it gets is held to the fewest.
+    limits = {}
+    for load in loads:
+        bounds = endpoints[load.name]
+        size = bounds.max_batch_size.min if load.fills_slots else bounds.max_batch_size.max
+        window = (
+            bounds.batch_window_milliseconds.min
+            if load.budget_seconds is not None
+            else bounds.batch_window_milliseconds.max
+        )
+        limits[load.name] = EndpointLimits(size, window)
+    return limits
+
+
+def _slots_for(running: float, bounds: IntRange, tuning: Tuning) -> int:
+    surge = tuning.slot_burst_factor * running
+    for size in batch_size_candidates(bounds):
+        if size > surge and erlang_c(size, surge) <= 1.0 - tuning.planning_quantile:
+            return size
+    return bounds.max
+
+
+def _with_windows(
+    loads: Sequence[EndpointLoad],
+    endpoints: Mapping[str, EndpointSpec],
+    limits: Mapping[str, EndpointLimits],
+    result: PoolForecast,
+    tuning: Tuning,
+    headroom: float,
+) -> dict[str, EndpointLimits]:
+    """Give each SLA endpoint a batch window out of a share of its spare budget."""
+    updated = dict(limits)
+    for load in loads:
+        if load.budget_seconds is None:
+            continue
+        predicted = result.endpoints[load.name]
+        current_window = limits[load.name].batch_window_milliseconds / 1000.0
+        target = planning_target(load.budget_seconds, predicted.floor_planned_seconds, headroom)
+        spare = target - (predicted.ttft_planned_seconds - current_window)
+        window_ms = (
+            0
+            if math.isinf(spare)
+            else math.floor(1000.0 * tuning.window_share_of_spare * max(0.0, spare))
+        )
+        bounds = endpoints[load.name].batch_window_milliseconds
+        updated[load.name] = EndpointLimits(
+            limits[load.name].max_batch_size, bounds.clamp(window_ms)
+        )
+    return updated
