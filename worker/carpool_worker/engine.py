@@ -115,6 +115,8 @@ class Engine:
                     timeout = None if wake_at is None else max(wake_at - now, 0.0005)
                     self._cond.wait(timeout)
                     continue
+                counts = self.scheduler.counts()
+            self.metrics.set_queue_counts(counts)
             self._after_schedule(step, now)
             if step.has_work:
                 self._run_step(step)

@@ -70,8 +70,10 @@ class Request:
         """Asks the request to leave at the next step; ``reason`` becomes its finish reason
         (``stop`` when the caller matched a stop string, ``cancelled`` for a disconnect)."""
         # Plain attribute writes are atomic in CPython; the scheduler sees them at the next step.
-        self.cancel_reason = reason
-        self.cancelled = True
+        # The first reason wins: a stop-string match followed by the stream closing stays "stop".
+        if not self.cancelled:
+            self.cancel_reason = reason
+            self.cancelled = True
 
     @property
     def prefill_done(self) -> bool:

@@ -1,0 +1,220 @@
+"""The scheduling rules, one per test, driven with a hand-held clock and no model."""
+
+from __future__ import annotations
+
+import pytest
+
+from carpool_worker.limits import EndpointLimits, LimitsDocument
+from carpool_worker.scheduler import Rejected, Request, Scheduler, StaleLimits
+
+
+def limits(version: int = 1, **endpoints: dict) -> LimitsDocument:
+    base = dict(
+        priority=0,
+        max_batch_size=8,
+        batch_window_ms=0,
+        max_queue_wait_ms=10_000,
+        max_queue_length=100,
+    )
+    return LimitsDocument(
+        version=version,
+        default_endpoint=next(iter(endpoints)),
+        endpoints={name: EndpointLimits(**(base | spec)) for name, spec in endpoints.items()},
+    )
+
+
+def make(slots=8, budget=1000, doc=None, max_seq_len=512) -> Scheduler:
+    return Scheduler(doc or limits(a={}), slots, max_seq_len, budget, eos_token_ids=(0,))
+
+
+def req(endpoint="a", arrival=0.0, prompt=4, max_tokens=4) -> Request:
+    return Request(
+        prompt_ids=list(range(1, prompt + 1)),
+        max_tokens=max_tokens,
+        endpoint=endpoint,
+        arrival=arrival,
+    )
+
+
+def run_step(s: Scheduler, now: float, token: int = 7):
+    """One step where every request that is due a token gets ``token``."""
+    step = s.schedule(now)
+    due = [r for r, start, n in step.prefill if start + n == len(r.prompt_ids)] + step.decode
+    s.complete(step, {r.id: token for r in due})
+    return step
+
+
+def test_higher_priority_endpoint_is_admitted_first():
+    s = make(slots=2, doc=limits(low={"priority": 0}, high={"priority": 100}))
+    lows = [req("low") for _ in range(2)]
+    highs = [req("high", arrival=0.001) for _ in range(2)]
+    for r in lows + highs:
+        s.submit(r)
+    step = s.schedule(now=0.01)
+    assert step.admitted == highs
+
+
+def test_fifo_within_an_endpoint():
+    s = make(slots=2)
+    reqs = [req(arrival=i * 0.001) for i in range(4)]
+    for r in reqs:
+        s.submit(r)
+    assert s.schedule(now=0.01).admitted == reqs[:2]
+
+
+def test_window_holds_a_lone_request_until_it_closes():
+    s = make(doc=limits(a={"batch_window_ms": 50, "max_batch_size": 4}))
+    s.submit(req(arrival=0.0))
+    assert s.schedule(now=0.049).admitted == []
+    assert len(s.schedule(now=0.050).admitted) == 1
+
+
+def test_window_releases_early_when_the_batch_is_full():
+    s = make(doc=limits(a={"batch_window_ms": 50, "max_batch_size": 3}))
+    for _ in range(3):
+        s.submit(req(arrival=0.0))
+    assert len(s.schedule(now=0.001).admitted) == 3
+
+
+def test_gathering_high_priority_endpoint_holds_its_slots():
+    doc = limits(high={"priority": 10, "batch_window_ms": 50, "max_batch_size": 2}, low={})
+    s = make(slots=2, doc=doc)
+    s.submit(req("high", arrival=0.0))
+    s.submit(req("low", arrival=0.0))
+    s.submit(req("low", arrival=0.0))
+    step = s.schedule(now=0.01)
+    assert [r.endpoint for r in step.admitted] == ["low"]  # one slot held for "high"
+
+
+def test_endpoint_never_runs_more_than_its_max_batch_size():
+    s = make(slots=8, doc=limits(a={"max_batch_size": 3}))
+    for _ in range(6):
+        s.submit(req(max_tokens=50))
+    for t in range(5):
+        run_step(s, now=t * 0.01)
+        assert s.counts()["a"][1] == 3
+
+
+def test_request_past_max_queue_wait_expires():
+    s = make(slots=1, doc=limits(a={"max_queue_wait_ms": 100}))
+    s.submit(req(arrival=0.0, max_tokens=100))
+    late = req(arrival=0.0)
+    s.submit(late)
+    run_step(s, now=0.05)
+    step = s.schedule(now=0.101)
+    assert step.expired == [late]
+    assert late.finish_reason == "expired"
+
+
+def test_full_queue_rejects_with_429_and_retry_after():
+    s = make(doc=limits(a={"max_queue_length": 2}))
+    s.submit(req())
+    s.submit(req())
+    with pytest.raises(Rejected) as exc:
+        s.submit(req())
+    assert exc.value.status == 429
+    assert exc.value.retry_after >= 1
+
+
+def test_unknown_endpoint_is_404():
+    with pytest.raises(Rejected) as exc:
+        make().submit(req("nope"))
+    assert exc.value.status == 404
+
+
+def test_prompt_plus_max_tokens_over_context_is_400():
+    with pytest.raises(Rejected) as exc:
+        make(max_seq_len=16).submit(req(prompt=10, max_tokens=7))
+    assert exc.value.status == 400
+
+
+def test_cancelled_running_request_frees_its_slot_at_the_next_step():
+    s = make(slots=1)
+    first, second = req(max_tokens=100), req(arrival=0.001)
+    s.submit(first)
+    s.submit(second)
+    run_step(s, now=0.01)
+    first.cancel()
+    step = s.schedule(now=0.02)
+    assert step.cancelled == [first]
+    assert step.admitted == [second]
+    assert second.slot == 0
+
+
+def test_cancelled_waiting_request_leaves_the_queue():
+    s = make(slots=1)
+    s.submit(req(max_tokens=100))
+    waiting = req()
+    s.submit(waiting)
+    waiting.cancel()
+    step = s.schedule(now=0.01)
+    assert waiting in step.cancelled
+    assert s.counts()["a"][0] == 0
+
+
+def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes():
+    s = make(budget=16)
+    short = req(prompt=4, max_tokens=100)
+    s.submit(short)
+    run_step(s, now=0.0)
+    long = req(prompt=100, arrival=0.001)
+    s.submit(long)
+    for t in range(1, 8):
+        step = run_step(s, now=t * 0.01)
+        assert step.decode == [short]  # the short request decodes every step
+        assert sum(n for _, _, n in step.prefill) <= 16
+    assert long.prefill_done
+
+
+def test_eos_finishes_and_frees_the_slot():
+    s = make(slots=1)
+    r = req(max_tokens=100)
+    s.submit(r)
+    run_step(s, now=0.0, token=0)
+    assert r.finish_reason == "stop"
+    assert s.free_slots == [0]
+
+
+def test_max_tokens_finishes_with_length():
+    s = make()
+    r = req(max_tokens=3)
+    s.submit(r)
+    for t in range(3):
+        run_step(s, now=t * 0.01)
+    assert r.finish_reason == "length"
+    assert r.output_ids == [7, 7, 7]
+
+
+def test_stale_limits_are_refused():
+    s = make(doc=limits(5, a={}))
+    with pytest.raises(StaleLimits):
+        s.apply_limits(limits(4, a={}))
+
+
+def test_new_limits_apply_to_requests_in_flight_without_losing_any():
+    s = make(slots=8, doc=limits(1, a={"max_batch_size": 1}))
+    reqs = [req(max_tokens=5) for _ in range(4)]
+    for r in reqs:
+        s.submit(r)
+    run_step(s, now=0.0)
+    s.apply_limits(limits(2, a={"max_batch_size": 4}))
+    t = 0.01
+    while any(r.finish_reason is None for r in reqs):
+        run_step(s, now=t)
+        t += 0.01
+    assert all(r.finish_reason == "length" for r in reqs)
+
+
+def test_dropped_endpoint_finishes_what_it_holds_and_takes_no_more():
+    s = make(doc=limits(1, a={"max_batch_size": 1}, b={}))
+    held = [req("a", max_tokens=3) for _ in range(2)]
+    for r in held:
+        s.submit(r)
+    run_step(s, now=0.0)
+    s.apply_limits(limits(2, b={}))
+    with pytest.raises(Rejected):
+        s.submit(req("a"))
+    for t in range(1, 10):
+        run_step(s, now=t * 0.01)
+    assert all(r.finish_reason == "length" for r in held)
+    assert "a" not in s.endpoints

@@ -1,0 +1,261 @@
+"""The worker's HTTP routes (FastAPI): completions, admin limits, health, metrics. Routes only.
+
+Contract: ``create_app(worker)`` serves a :class:`~carpool_worker.server.Worker`. Every error is
+JSON (``api.error_body``) with a 4xx status that names the problem; 429s carry Retry-After.
+A client that goes away (mid-stream or while waiting) cancels its request, which frees its slot
+at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import api
+from .api import ApiError, StopMatcher
+from .engine import DoneEvent, TokenEvent
+from .limits import LimitsError, parse_limits
+from .scheduler import Rejected, StaleLimits
+from .scheduler import Request as EngineRequest
+from .server import Worker
+from .tokenizer import IncrementalDecoder
+
+ENDPOINT_HEADER = "x-carpool-endpoint"
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+def error_response(status: int, message: str, param=None, headers=None) -> JSONResponse:
+    return JSONResponse(api.error_body(status, message, param), status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise ApiError(413, f"the body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app):
+        if load_on_startup and not worker.ready:
+            worker.load_in_background()
+        yield
+        worker.close()
+
+    app = FastAPI(title="carpool worker", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_req, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.param, exc.headers or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req, exc: RequestValidationError):
+        return error_response(400, f"invalid request: {exc.errors()}")
+
+    @app.get("/healthz")
+    async def healthz():
+        if worker.load_error:
+            return error_response(503, f"model load failed: {worker.load_error}")
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not worker.ready:
+            return error_response(503, "the model is loading", headers={"Retry-After": "5"})
+        return {"status": "ready", "limitsVersion": worker.engine.limits.version}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(worker.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def check_admin(request: Request) -> None:
+        token = worker.settings.admin_token
+        if not token:
+            raise ApiError(401, "the admin API is off: start the worker with --admin-token-file")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        # Constant-time: a timing difference must not reveal how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise ApiError(401, "a valid bearer token is required", WWW_Authenticate="Bearer")
+
+    @app.get("/admin/limits")
+    async def get_limits(request: Request):
+        check_admin(request)
+        if not worker.ready:
+            return worker.initial_limits.as_dict()
+        return worker.engine.limits.as_dict()
+
+    @app.put("/admin/limits")
+    async def put_limits(request: Request):
+        check_admin(request)
+        if not worker.ready:
+            raise ApiError(503, "the model is loading", **{"Retry-After": "5"})
+        body = await read_body(request, worker.settings.max_body_bytes)
+        try:
+            doc = parse_limits(api.parse_json(body))
+        except LimitsError as exc:
+            raise ApiError(400, str(exc)) from exc
+        try:
+            applied = worker.engine.apply_limits(doc)
+        except StaleLimits as exc:
+            raise ApiError(409, str(exc)) from exc
+        return {"appliedVersion": applied}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        if not worker.ready:
+            raise ApiError(503, "the model is loading", **{"Retry-After": "5"})
+        endpoint = request.headers.get(ENDPOINT_HEADER) or worker.engine.limits.default_endpoint
+        body = await read_body(request, worker.settings.max_body_bytes)
+        params = api.parse_completion(body, worker.codec, worker.max_context)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req = EngineRequest(
+            prompt_ids=params.prompt_ids,
+            max_tokens=params.max_tokens,
+            endpoint=endpoint,
+            arrival=time.monotonic(),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        )
+        try:
+            worker.engine.submit(req)
+        except Rejected as exc:
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+            raise ApiError(exc.status, exc.message, **retry) from exc
+        completion = Completion(worker, req, params, events)
+        first = await completion.next_event(request)
+        if first is None:
+            return Response(status_code=499)  # nobody is listening any more
+        if isinstance(first, DoneEvent) and first.rejection is not None:
+            rej = first.rejection
+            raise ApiError(rej.status, rej.message, **{"Retry-After": str(rej.retry_after)})
+        if params.stream:
+            return StreamingResponse(
+                completion.sse(first), media_type="text/event-stream", headers=_NO_BUFFERING
+            )
+        return await completion.whole(first, request)
+
+    return app
+
+
+_NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Completion:
+    """One request's events turned into OpenAI-shaped output."""
+
+    def __init__(self, worker: Worker, req: EngineRequest, params, events: asyncio.Queue):
+        self.worker, self.req, self.params, self.events = worker, req, params, events
+        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.decoder = IncrementalDecoder(worker.codec)
+        self.stops = StopMatcher(params.stop)
+        self.generated = 0
+        self._pending_get: asyncio.Future | None = None
+
+    async def next_event(self, request: Request | None):
+        """The next engine event, or None when the client disconnected while we waited."""
+        if self._pending_get is None:
+            self._pending_get = asyncio.ensure_future(self.events.get())
+        while True:
+            done, _ = await asyncio.wait({self._pending_get}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                event, self._pending_get = self._pending_get.result(), None
+                return event
+            if request is not None and await request.is_disconnected():
+                self.cancel()
+                return None
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.req.cancel(reason)
+        self.worker.engine.wake()
+
+    def text_of(self, event) -> tuple[str, str | None]:
+        """(text to send, finish reason or None) for one event."""
+        if isinstance(event, TokenEvent):
+            self.generated += 1
+            text, stopped = self.stops.feed(self.decoder.push(event.token_id))
+            if stopped:
+                self.cancel("stop")
+                return text, "stop"
+            return text, None
+        return self.stops.flush(), event.reason
+
+    def chunk(self, text: str, finish_reason: str | None) -> dict:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.worker.config.name,
+            "choices": [
+                {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+            ],
+        }
+
+    def usage(self) -> dict:
+        prompt = len(self.req.prompt_ids)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.generated,
+            "total_tokens": prompt + self.generated,
+        }
+
+    async def whole(self, first, request: Request):
+        parts, event = [], first
+        while True:
+            text, finish = self.text_of(event)
+            parts.append(text)
+            if finish is not None:
+                break
+            event = await self.next_event(request)
+            if event is None:
+                return Response(status_code=499)
+        if finish not in ("stop", "length"):
+            return error_response(500, f"the request ended early ({finish})")
+        body = self.chunk("".join(parts), finish)
+        body["usage"] = self.usage()
+        return body
+
+    async def sse(self, first):
+        import json
+
+        event = first
+        try:
+            while True:
+                text, finish = self.text_of(event)
+                if text or finish is not None:
+                    chunk = self.chunk(text, finish)
+                    if finish is not None:
+                        chunk["usage"] = self.usage()
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                if finish is not None:
+                    break
+                event = await self.next_event(None)
+            yield "data: [DONE]\n\n"
+        finally:
+            # Reached on normal end, on a client disconnect (the generator is cancelled or
+            # closed) and on errors alike; cancelling a finished request is harmless.
+            self.cancel()

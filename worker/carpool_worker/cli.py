@@ -1,0 +1,79 @@
+"""``carpool worker``: serve a model over HTTP with per-endpoint continuous batching.
+
+Contract: ``main(argv) -> int``. Binds only where told (``--host``, default 127.0.0.1); reads the
+limits file (``--limits``) at start and whenever its content changes, and the admin bearer token
+from ``--admin-token-file``. Exit status 2 on a bad argument, model or limits file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .config import ModelSpecError
+from .limits import LimitsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carpool worker", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", help="preset (tiny, bench-1b, bench-8b) or a path")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--limits", type=Path, help="limits JSON file (the operator's ConfigMap)")
+    p.add_argument("--limits-poll-seconds", type=float, default=1.0)
+    p.add_argument("--admin-token-file", type=Path, help="bearer token for PUT /admin/limits")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--max-batch-size", type=int, default=64, help="KV cache slots")
+    p.add_argument("--max-context", type=int, default=2048, help="tokens per slot")
+    p.add_argument(
+        "--prefill-chunk-tokens", type=int, default=0, help="prompt tokens per step (0: auto)"
+    )
+    p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--no-kernels", action="store_true", help="plain torch ops on CUDA")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+
+    from .app import create_app
+    from .server import Worker, WorkerSettings
+
+    if args.max_batch_size < 1 or args.max_context < 16:
+        print("carpool worker: --max-batch-size must be >= 1 and --max-context >= 16")
+        return 2
+    token = None
+    if args.admin_token_file is not None:
+        token = args.admin_token_file.read_text().strip()
+        if not token:
+            print(f"carpool worker: {args.admin_token_file} is empty")
+            return 2
+    settings = WorkerSettings(
+        model=args.model,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+        max_context=args.max_context,
+        prefill_token_budget=args.prefill_chunk_tokens,
+        limits_path=args.limits,
+        limits_poll_seconds=args.limits_poll_seconds,
+        admin_token=token,
+        cuda_graphs=not args.no_cuda_graphs,
+        kernels=not args.no_kernels,
+        max_body_bytes=args.max_body_bytes,
+    )
+    try:
+        worker = Worker(settings)
+    except (ModelSpecError, LimitsError, OSError) as exc:
+        print(f"carpool worker: {exc}")
+        return 2
+    uvicorn.run(
+        create_app(worker), host=args.host, port=args.port, log_level=args.log_level.lower()
+    )
+    return 0
