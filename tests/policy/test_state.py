@@ -1,0 +1,31 @@
+"""PolicyState survives a round trip through JSON and tolerates a damaged annotation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from carpool_policy import PolicyState
+
+FULL = PolicyState(
+    recommendations=((100.0, 3), (115.0, 4)),
+    last_scale_up_at=115.0,
+    last_scale_down_at=None,
+    last_observed_at=115.0,
+    arrival_rates={"inline": 4.5},
+    corrections={"inline": 1.2},
+    token_means={"inline": (2048.0, 28.0)},
+)
+
+
+def test_state_round_trips_through_json():
+    assert PolicyState.from_dict(json.loads(json.dumps(FULL.to_dict()))) == FULL
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [None, "text", {}, {"schema": "carpool.dev/policy-state/v1", "recommendations": [["x"]]}],
+)
+def test_unreadable_state_becomes_the_empty_state(damaged):
+    assert PolicyState.from_dict(damaged) == PolicyState()
