@@ -1,12 +1,12 @@
 # carpool: `make demo` runs the closed loop on a local cluster; `make test` runs every test.
-# Each target installs what it needs first (idempotent): Debian packages, the Python
-# distribution, and the control-plane binaries built from pinned Go modules.
+# Each target installs what it needs first (idempotent): the Python distribution and the
+# control-plane and Prometheus binaries built from pinned Go modules.
 
 PYTHON ?= python3
 STAMPS := .state/stamps
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit e2e deps apt-deps python-deps binaries cluster-up cluster-down clean
+.PHONY: demo test lint unit e2e deps python-deps binaries cluster-up cluster-down clean
 
 demo: deps
 	carpool demo
@@ -25,18 +25,7 @@ lint: python-deps
 	ruff format --check .
 	lint-imports
 
-deps: apt-deps python-deps binaries
-
-apt-deps: $(STAMPS)/apt
-$(STAMPS)/apt:
-	@mkdir -p $(STAMPS)
-	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
-	  echo "installing Debian's prometheus package (Prometheus and promtool)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
-	fi
-	@touch $@
+deps: python-deps binaries
 
 python-deps: $(STAMPS)/python
 $(STAMPS)/python: pyproject.toml

@@ -24,6 +24,10 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.0"  # the etcd client version k8s.io/kubernetes v1.37.2 requires
 HELM_VERSION = "v3.22.0"
+# Prometheus 3.16 (its Go module is tagged v0.316.0). Built rather than taken from Debian,
+# whose package leaves out Kubernetes service discovery.
+PROMETHEUS_VERSION = "v0.316.0"
+PROMETHEUS_RELEASE = "3.16.0"
 
 # k8s.io/kubernetes replaces each staging module with a folder of its own repository; a
 # module outside that repository must point them at their published tags of the same release.
@@ -61,6 +65,7 @@ STAGING_MODULES = [
     "streaming",
 ]
 
+
 class BuildError(RuntimeError):
     """A binary could not be built; the message says which and why."""
 
@@ -73,13 +78,11 @@ class Binaries:
     kube_scheduler: Path
     kubectl: Path
     helm: Path
+    prometheus: Path
+    promtool: Path
 
     def as_dict(self) -> dict[str, Path]:
         return dataclasses.asdict(self)
-
-
-def pin() -> str:
-    return f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}"
 
 
 def cache_root() -> Path:
@@ -87,19 +90,24 @@ def cache_root() -> Path:
     return Path(os.environ.get("CARPOOL_CACHE_DIR", default))
 
 
-def bin_dir() -> Path:
-    return cache_root() / "bin" / pin()
+def bin_root() -> Path:
+    return cache_root() / "bin"
 
 
 def expected() -> Binaries:
-    d = bin_dir()
+    """Where each pinned binary lives: one folder per tool and version, so changing one pin
+    rebuilds only that tool."""
+    kube = bin_root() / f"kubernetes-{KUBERNETES_VERSION}"
+    prom = bin_root() / f"prometheus-{PROMETHEUS_VERSION}"
     return Binaries(
-        etcd=d / "etcd",
-        kube_apiserver=d / "kube-apiserver",
-        kube_controller_manager=d / "kube-controller-manager",
-        kube_scheduler=d / "kube-scheduler",
-        kubectl=d / "kubectl",
-        helm=d / "helm",
+        etcd=bin_root() / f"etcd-{ETCD_VERSION}" / "etcd",
+        kube_apiserver=kube / "kube-apiserver",
+        kube_controller_manager=kube / "kube-controller-manager",
+        kube_scheduler=kube / "kube-scheduler",
+        kubectl=kube / "kubectl",
+        helm=bin_root() / f"helm-{HELM_VERSION}" / "helm",
+        prometheus=prom / "prometheus",
+        promtool=prom / "promtool",
     )
 
 
@@ -178,27 +186,29 @@ def _build_kubernetes(work: Path, out: Binaries) -> None:
         tmp.rename(path)
 
 
-def _build_single(
+def _build_module(
     work: Path,
     name: str,
     module: str,
     version: str,
-    package: str,
-    path: Path,
+    packages: dict[str, Path],
     ldflags: str = "-s -w",
 ) -> None:
-    if path.exists():
-        return
-    folder = work / name
+    """Build each ``package -> path`` of one upstream module at ``version``."""
+    folder = work / f"{name}-{version}"
     _write_module(folder, name, requires=[f"{module} {version}"], replaces=[])
-    _say(f"{name} {version}: go build {package}")
-    tmp = path.with_suffix(".partial")
-    _run_go(
-        ["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
-        folder,
-        f"{name} {version}",
-    )
-    tmp.rename(path)
+    for package, path in packages.items():
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _say(f"{path.name} {version}: go build {package}")
+        tmp = path.with_suffix(".partial")
+        _run_go(
+            ["build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
+            folder,
+            f"{path.name} {version}",
+        )
+        tmp.rename(path)
 
 
 def ensure_binaries() -> Binaries:
@@ -207,31 +217,39 @@ def ensure_binaries() -> Binaries:
     missing = [name for name, p in out.as_dict().items() if not p.exists()]
     if not missing:
         return out
-    bin_dir().mkdir(parents=True, exist_ok=True)
-    work = cache_root() / "build" / pin()
+    work = cache_root() / "build"
     _say(
-        f"building {', '.join(missing)} from the pinned Go modules into {bin_dir()} "
-        "(first run only: a real etcd/kube-apiserver/controller-manager/scheduler for the "
-        "local control plane; expect 20-40 minutes on two cores)"
+        f"building {', '.join(missing)} from the pinned Go modules into {bin_root()} "
+        "(first run only: a real etcd, kube-apiserver, controller-manager, scheduler and "
+        "Prometheus for the local cluster; expect 15-30 minutes on two cores)"
     )
-    _build_single(
+    _build_module(
         work,
         "etcd",
         "go.etcd.io/etcd/server/v3",
         ETCD_VERSION,
-        "go.etcd.io/etcd/server/v3",
-        out.etcd,
+        {"go.etcd.io/etcd/server/v3": out.etcd},
     )
     _build_kubernetes(work, out)
-    helm_ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    _build_single(
+    _build_module(
         work,
         "helm",
         "helm.sh/helm/v3",
         HELM_VERSION,
-        "helm.sh/helm/v3/cmd/helm",
-        out.helm,
-        helm_ldflags,
+        {"helm.sh/helm/v3/cmd/helm": out.helm},
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+    )
+    common = "github.com/prometheus/common/version"
+    _build_module(
+        work,
+        "prometheus",
+        "github.com/prometheus/prometheus",
+        PROMETHEUS_VERSION,
+        {
+            "github.com/prometheus/prometheus/cmd/prometheus": out.prometheus,
+            "github.com/prometheus/prometheus/cmd/promtool": out.promtool,
+        },
+        f"-s -w -X {common}.Version={PROMETHEUS_RELEASE} -X {common}.Branch=module",
     )
     return out
 

@@ -26,19 +26,27 @@ def default_state_dir() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="where state and logs live (default: %(default)s)",
+    )
     parser = argparse.ArgumentParser(prog="carpool cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("--state-dir", type=Path, default=default_state_dir())
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start a local control plane (builds binaries on first use)")
+    up = sub.add_parser(
+        "up", parents=[common], help="start a local control plane (builds binaries on first use)"
+    )
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     up.add_argument(
         "--gpu-nodes", type=int, default=0, help="start a process kubelet with this many GPU nodes"
     )
     up.add_argument("--gpus-per-node", type=int, default=2)
-    sub.add_parser("down", help="stop everything 'up' started")
-    sub.add_parser("status", help="show the processes and endpoints")
-    sub.add_parser("env", help="print shell exports for this cluster")
-    sub.add_parser("build", help="build the pinned control-plane binaries only")
+    sub.add_parser("down", parents=[common], help="stop everything 'up' started")
+    sub.add_parser("status", parents=[common], help="show the processes and endpoints")
+    sub.add_parser("env", parents=[common], help="print shell exports for this cluster")
+    sub.add_parser("build", parents=[common], help="build the pinned control-plane binaries only")
     return parser
 
 
@@ -84,9 +92,9 @@ def main(argv: list[str]) -> int:
         print(f"no cluster state in {state_dir}; run 'carpool cluster up'", file=sys.stderr)
         return 1
     if args.command == "env":
-        bin_dir = state.bin_dir
+        folders = {str(Path(state.kubectl).parent), str(Path(state.helm).parent)}
         print(f"export KUBECONFIG={state.kubeconfig}")
-        print(f"export PATH={bin_dir}:$PATH")
+        print(f"export PATH={':'.join(sorted(folders))}:$PATH")
         prom = prometheus.url_of(state)
         if prom:
             print(f"export CARPOOL_PROMETHEUS_URL={prom}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import ssl
 import urllib.request
 from pathlib import Path
@@ -30,7 +31,8 @@ class ClusterState:
     kubeconfig: str
     ca_file: str
     kubernetes_version: str
-    bin_dir: str
+    kubectl: str
+    helm: str
     processes: dict[str, processes.ProcessRecord]
     prometheus_kubeconfig: str = ""
     prometheus_cert: str = ""
@@ -40,14 +42,6 @@ class ClusterState:
         data = dataclasses.asdict(self)
         data["processes"] = {k: v.to_dict() for k, v in self.processes.items()}
         Path(self.state_dir, STATE_FILE).write_text(json.dumps(data, indent=2))
-
-    @property
-    def kubectl(self) -> Path:
-        return Path(self.bin_dir) / "kubectl"
-
-    @property
-    def helm(self) -> Path:
-        return Path(self.bin_dir) / "helm"
 
 
 def load(state_dir: Path) -> ClusterState | None:
@@ -112,6 +106,9 @@ def _apiserver_argv(
         "--bind-address=127.0.0.1",
         f"--secure-port={port}",
         "--advertise-address=127.0.0.1",
+        # Loopback may not be advertised as the kubernetes Service's endpoint; nothing here
+        # reaches the API through that Service (pods get a kubeconfig instead).
+        "--endpoint-reconciler-type=none",
         f"--tls-cert-file={keys.apiserver.cert}",
         f"--tls-private-key-file={keys.apiserver.key}",
         f"--client-ca-file={keys.ca.cert}",
@@ -137,6 +134,9 @@ def up(state_dir: Path, apiserver_timeout_seconds: float = 120.0) -> ClusterStat
             "run 'carpool cluster down' first or pick another --state-dir"
         )
     tools = binaries.ensure_binaries()
+    # Each `up` is a new cluster: stale etcd data would not match the new certificates and ports.
+    for leftover in ("etcd", "pki", "prometheus", "process-kubelet"):
+        shutil.rmtree(state_dir / leftover, ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
     keys = pki.create_pki(state_dir / "pki")
@@ -147,7 +147,8 @@ def up(state_dir: Path, apiserver_timeout_seconds: float = 120.0) -> ClusterStat
         kubeconfig=str(state_dir / "admin.kubeconfig"),
         ca_file=str(keys.ca.cert),
         kubernetes_version=binaries.KUBERNETES_VERSION,
-        bin_dir=str(binaries.bin_dir()),
+        kubectl=str(tools.kubectl),
+        helm=str(tools.helm),
         processes=records,
         prometheus_cert=str(keys.prometheus.cert),
         prometheus_key=str(keys.prometheus.key),

@@ -1,4 +1,4 @@
-"""Run a real Prometheus (Debian's package) that discovers pods through the local API server.
+"""Run a real Prometheus, built from its Go module, that discovers pods through the API server.
 
 Contract: ``start(state)`` grants Prometheus's client identity read access to pods, writes a
 config whose only targets come from ``kubernetes_sd_configs`` (pods annotated
@@ -10,14 +10,13 @@ says it exists.
 
 from __future__ import annotations
 
-import shutil
 import urllib.request
 from pathlib import Path
 
 import yaml
 from kubernetes import client, config
 
-from carpool_cluster import processes
+from carpool_cluster import binaries, processes
 from carpool_cluster.controlplane import ClusterState
 
 SCRAPE_INTERVAL = "2s"  # short, so a local closed loop reacts within seconds
@@ -30,16 +29,6 @@ DISCOVERY_RULES = [
         "verbs": ["get", "list", "watch"],
     },
 ]
-
-
-def prometheus_binary() -> Path:
-    found = shutil.which("prometheus") or "/usr/bin/prometheus"
-    if not Path(found).exists():
-        raise processes.StartupError(
-            "Prometheus is not installed: install Debian's package with "
-            "'apt-get install -y prometheus' (make deps does this)"
-        )
-    return Path(found)
 
 
 def scrape_config(state: ClusterState, rule_files: list[str] | None = None) -> dict:
@@ -114,7 +103,7 @@ def grant_discovery(state: ClusterState) -> None:
 
 def start(state: ClusterState, rule_files: list[str] | None = None) -> str:
     """Start Prometheus for ``state``'s cluster; return its base URL."""
-    binary = prometheus_binary()
+    binary = binaries.ensure_binaries().prometheus
     grant_discovery(state)
     folder = Path(state.state_dir) / "prometheus"
     folder.mkdir(parents=True, exist_ok=True)

@@ -84,8 +84,8 @@ def provide_cluster(tmp: Path) -> TestCluster:
         kubeconfig=Path(state.kubeconfig),
         server=state.server,
         ca_file=state.ca_file,
-        kubectl=state.kubectl,
-        helm=state.helm,
+        kubectl=Path(state.kubectl),
+        helm=Path(state.helm),
         local=state,
     )
 
