@@ -7,7 +7,7 @@ Contract:
   `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
   `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`), summed over the pool's
   pods, for the simulated Prometheus to scrape.
-- Histogram buckets are `BUCKETS` (upper bounds in seconds, +Inf implied).
+- Histogram buckets are `BUCKETS` (upper bounds in seconds, +Inf implied), the worker's.
 """
 
 from __future__ import annotations
@@ -19,10 +19,17 @@ import numpy as np
 
 from carpool_sim.trace import Request
 
-BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0,
-    1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-)  # fmt: skip
+
+def _geometric(start: float, stop: float, ratio: float) -> tuple[float, ...]:
+    out, value = [], start
+    while value <= stop * 1.0001:
+        out.append(float(f"{value:.3g}"))
+        value *= ratio
+    return tuple(out)
+
+
+# The worker's latency buckets (carpool_worker.metrics.LATENCY_BUCKETS): 1 ms to 60 s, x1.25.
+BUCKETS = _geometric(0.001, 60.0, 1.25)
 
 
 @dataclass

@@ -85,11 +85,12 @@ def endpoint_observation(
     empty = EndpointSeries()
     a, b = older.series.get(name, empty), newest.series.get(name, empty)
     span = newest.time - older.time
-    done = sum(b.requests.values()) - sum(a.requests.values())
     admitted = b.queue_wait.counts.sum() - a.queue_wait.counts.sum()
+    rejected = b.requests["rejected"] - a.requests["rejected"]
     ok = b.requests["ok"] - a.requests["ok"]
     return EndpointObservation(
-        arrival_rate_per_second=done / span,
+        # As the operator's PromQL: arrivals = admitted into a batch + turned away.
+        arrival_rate_per_second=(admitted + rejected) / span,
         mean_prompt_tokens=(b.prompt_tokens - a.prompt_tokens) / admitted if admitted else None,
         mean_generated_tokens=(b.generated_tokens - a.generated_tokens) / ok if ok else None,
         queue_wait_p95_seconds=histogram_quantile(
@@ -98,7 +99,7 @@ def endpoint_observation(
         ttft_p95_seconds=histogram_quantile(quantile, b.ttft.counts - a.ttft.counts),
         waiting=float(newest.waiting.get(name, 0)),
         running=float(newest.running.get(name, 0)),
-        rejected_rate_per_second=(b.requests["rejected"] - a.requests["rejected"]) / span,
+        rejected_rate_per_second=rejected / span,
     )
 
 

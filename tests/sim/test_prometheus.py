@@ -1,0 +1,67 @@
+"""The simulated Prometheus answers as PromQL would, from scrapes only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carpool_sim.metrics import BUCKETS, EndpointSeries
+from carpool_sim.prometheus import Prometheus, Sample, histogram_quantile, observation
+
+
+def counts_at(*values: float) -> np.ndarray:
+    counts = np.zeros(len(BUCKETS) + 1)
+    for v in values:
+        counts[np.searchsorted(BUCKETS, v)] += 1
+    return counts
+
+
+def test_quantile_interpolates_inside_the_bucket():
+    counts = np.zeros(len(BUCKETS) + 1)
+    i = 20
+    counts[i] = 100  # all in (BUCKETS[i-1], BUCKETS[i]]
+    lower, upper = BUCKETS[i - 1], BUCKETS[i]
+    assert histogram_quantile(0.95, counts) == pytest.approx(lower + 0.95 * (upper - lower))
+
+
+def test_quantile_of_no_observations_is_none():
+    assert histogram_quantile(0.95, np.zeros(len(BUCKETS) + 1)) is None
+
+
+def test_quantile_in_the_inf_bucket_is_the_largest_bound():
+    assert histogram_quantile(0.95, counts_at(1000.0, 1000.0)) == BUCKETS[-1]
+
+
+def test_a_controller_sees_only_the_last_scrape():
+    prometheus = Prometheus()
+    for t in (0.0, 15.0, 30.0):
+        prometheus.scrape(Sample(t, {}))
+    assert prometheus.latest(29.9).time == 15.0
+
+
+def series(admitted: int, rejected: int, ttfts: list[float]) -> EndpointSeries:
+    s = EndpointSeries()
+    s.requests["rejected"] = rejected
+    s.queue_wait.counts = counts_at(*([0.01] * admitted))
+    s.ttft.counts = counts_at(*ttfts)
+    return s
+
+
+def test_observation_rates_span_the_window_between_scrapes():
+    prometheus = Prometheus()
+    prometheus.scrape(Sample(0.0, {"chat": series(0, 0, [])}))
+    ttft = BUCKETS[25]
+    prometheus.scrape(Sample(60.0, {"chat": series(100, 20, [ttft] * 100)}, waiting={"chat": 7}))
+    obs = observation(prometheus, 70.0, 60.0, ["chat"], 2, 2, {})
+    chat = obs.endpoints["chat"]
+    assert obs.sampled_at == 60.0
+    assert chat.arrival_rate_per_second == pytest.approx(120 / 60)
+    assert chat.rejected_rate_per_second == pytest.approx(20 / 60)
+    assert chat.waiting == 7
+    assert BUCKETS[24] < chat.ttft_p95_seconds <= ttft
+
+
+def test_no_window_yet_means_no_sample():
+    prometheus = Prometheus()
+    prometheus.scrape(Sample(0.0, {}))
+    assert observation(prometheus, 5.0, 60.0, ["chat"], 1, 1, {}).sampled_at is None
