@@ -16,8 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from carpool_sim.compare import POLICIES, Options, make_controller, run_policies
-from carpool_sim.controllers import Static
+from carpool_sim.compare import POLICIES, Options, resolve, run_policies
 from carpool_sim.plots import plot_runs
 from carpool_sim.report import summarize, table
 from carpool_sim.scenario import ScenarioError, build_scenario
@@ -81,6 +80,12 @@ def parser() -> argparse.ArgumentParser:
         help="replicas for the static policy (default: the fewest that reach --sla-target)",
     )
     p.add_argument(
+        "--initial-replicas",
+        type=int,
+        default=None,
+        help="replicas every policy starts with (default: the static peak count, a warm pool)",
+    )
+    p.add_argument(
         "--keda-queue-threshold",
         type=float,
         default=10.0,
@@ -115,12 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         sla_target=args.sla_target,
         static_replicas=args.static_replicas,
         keda_queue_threshold=args.keda_queue_threshold,
+        initial_replicas=args.initial_replicas,
     )
-    if "static" in names and options.static_replicas is None:
-        # Size the static pool once, up front, so the progress bar covers the real runs.
-        static = make_controller("static", scenario, options)
-        assert isinstance(static, Static)
-        options = Options(config, args.sla_target, static.replicas, args.keda_queue_threshold)
+    # Size the static pool once, up front, so the progress bar covers the real runs.
+    options = resolve(scenario, options)
 
     with Progress(
         TextColumn("{task.description}"),
@@ -148,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "profile": {"model": scenario.profile.model, "device": scenario.profile.device},
         "static_replicas": options.static_replicas,
+        "initial_replicas": options.initial_replicas,
         "startup_seconds": config.startup_seconds,
         "scrape_interval_seconds": config.scrape_interval_seconds,
         "gpu_hour_price": args.gpu_hour_price,
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"scenario": header, "policies": summaries}, indent=2))
     else:
-        out = Console()
+        out = Console(width=None if Console().is_terminal else 160)
         title = (
             f"{len(scenario.requests)} requests over {scenario.duration_seconds / 60:.0f} min, "
             f"rate scale {args.rate_scale:g}, static = {options.static_replicas} replicas"

@@ -6,13 +6,16 @@ Contract:
   fixed replica count within the pool's bounds at which every endpoint attains `target`
   (found by bisection over simulated runs: attainment grows with replicas), or the maximum
   when none does.
+- `resolve(scenario, options)` fills in the static peak count and the autoscalers' initial
+  replicas (by default every policy starts the run with the static peak count: a warm pool,
+  as after the busy hour before the trace, so no policy pays for a cold start).
 - `run_policies(scenario, names, options)` returns one `RunResult` per name, in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from carpool_sim.controllers import (
     Bounds,
@@ -35,6 +38,8 @@ class Options:
     config: SimConfig = SimConfig()
     sla_target: float = 0.99
     static_replicas: int | None = None  # None: peak provisioning by search
+    # What every autoscaler starts with; None: the static peak count (a warm pool).
+    initial_replicas: int | None = None
     keda_queue_threshold: float = 10.0
     rate_window_seconds: float = 60.0
 
@@ -71,8 +76,14 @@ def peak_static_replicas(scenario: Scenario, config: SimConfig, target: float) -
 def make_controller(name: str, scenario: Scenario, options: Options) -> Controller:
     spec = scenario.spec
     bounds = Bounds(max(1, spec.min_replicas), spec.max_replicas)
+    initial = options.initial_replicas
+    if initial is None:
+        initial = options.static_replicas
+    if initial is None:
+        initial = peak_static_replicas(scenario, options.config, options.sla_target)
+    bounds.initial = bounds.clamp(initial)
     if name == "carpool":
-        return Carpool(spec, scenario.profile, options.rate_window_seconds)
+        return Carpool(spec, scenario.profile, bounds, options.rate_window_seconds)
     if name == "hpa-gpu":
         return HpaGpuUtilization(bounds)
     if name == "keda-queue":
@@ -85,6 +96,15 @@ def make_controller(name: str, scenario: Scenario, options: Options) -> Controll
             replicas = peak_static_replicas(scenario, options.config, options.sla_target)
         return Static(bounds.clamp(replicas))
     raise ValueError(f"unknown policy {name!r}: use {', '.join(POLICIES)}")
+
+
+def resolve(scenario: Scenario, options: Options) -> Options:
+    """Fill in the static peak count (searched once) and the autoscalers' initial replicas."""
+    static = options.static_replicas
+    if static is None:
+        static = peak_static_replicas(scenario, options.config, options.sla_target)
+    initial = static if options.initial_replicas is None else options.initial_replicas
+    return replace(options, static_replicas=static, initial_replicas=initial)
 
 
 def run_policies(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from carpool_policy import EndpointLimits, PolicyState, PoolSpec, Profile, decide
@@ -60,8 +60,11 @@ class Controller(Protocol):
 
 @dataclass
 class Bounds:
+    """The pool's replica bounds, and the replicas every autoscaler starts the run with."""
+
     min: int
     max: int
+    initial: int = 1
 
     def clamp(self, n: int) -> int:
         return max(self.min, min(self.max, n))
@@ -73,7 +76,8 @@ class HpaBehaviour:
     def __init__(self, bounds: Bounds, stabilization_seconds: float = 300.0):
         self.bounds = bounds
         self.stabilization_seconds = stabilization_seconds
-        self.recommendations: deque[tuple[float, int]] = deque()
+        # A warm pool: the HPA has been recommending the initial replicas until the run starts.
+        self.recommendations: deque[tuple[float, int]] = deque([(0.0, bounds.initial)])
 
     def apply(self, now: float, current: int, recommended: int) -> int:
         self.recommendations.append((now, recommended))
@@ -95,7 +99,7 @@ class HpaGpuUtilization:
         self.behaviour = HpaBehaviour(bounds)
 
     def initial_replicas(self) -> int:
-        return self.bounds.min
+        return self.bounds.initial
 
     def control(self, view: ControlView) -> Action:
         sample = view.prometheus.latest(view.now)
@@ -119,7 +123,7 @@ class KedaQueueLength:
         self.behaviour = HpaBehaviour(bounds)
 
     def initial_replicas(self) -> int:
-        return self.bounds.min
+        return self.bounds.initial
 
     def control(self, view: ControlView) -> Action:
         sample = view.prometheus.latest(view.now)
@@ -154,7 +158,7 @@ class KnativeKpa:
         self.panic_desired = 0
 
     def initial_replicas(self) -> int:
-        return self.bounds.min
+        return self.bounds.initial
 
     def _average(self, view: ControlView, seconds: float) -> float | None:
         values = [c for t, c in view.concurrency if t > view.now - seconds]
@@ -204,15 +208,17 @@ class Static:
 class Carpool:
     name = "carpool"
 
-    def __init__(self, spec: PoolSpec, profile: Profile, rate_window_seconds: float = 60.0):
-        self.spec, self.profile = spec, profile
+    def __init__(
+        self, spec: PoolSpec, profile: Profile, bounds: Bounds, rate_window_seconds: float = 60.0
+    ):
+        self.spec, self.profile, self.bounds = spec, profile, bounds
         self.interval_seconds = float(spec.scaling.interval_seconds)
         self.rate_window_seconds = rate_window_seconds
         self.state = PolicyState()
         self.last_reason = ""
 
     def initial_replicas(self) -> int:
-        return self.spec.min_replicas
+        return self.bounds.initial
 
     def control(self, view: ControlView) -> Action:
         obs = observation(
@@ -225,15 +231,8 @@ class Carpool:
             view.limits,
         )
         # Shift the run's clock to Unix time: the policy compares `now` with sample times.
-        obs = _shift(obs, EPOCH)
+        if obs.sampled_at is not None:
+            obs = replace(obs, sampled_at=obs.sampled_at + EPOCH)
         decision = decide(obs, self.spec, self.state, view.now + EPOCH, self.profile)
         self.state = decision.state
         return Action(decision.replicas, dict(decision.limits), decision.reason)
-
-
-def _shift(obs, offset: float):
-    from dataclasses import replace
-
-    if obs.sampled_at is None:
-        return obs
-    return replace(obs, sampled_at=obs.sampled_at + offset)

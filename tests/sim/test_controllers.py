@@ -17,7 +17,7 @@ from carpool_sim.controllers import (
 )
 from carpool_sim.prometheus import Prometheus, Sample
 
-BOUNDS = Bounds(1, 16)
+BOUNDS = Bounds(1, 16, initial=1)
 
 
 def view(now=100.0, desired=2, ready=2, pods=2, utilization=None, waiting=0, concurrency=()):
@@ -40,9 +40,9 @@ def test_hpa_gpu_scales_by_the_utilization_ratio(utilization, expected):
 
 def test_hpa_gpu_scale_down_waits_for_the_stabilization_window():
     hpa = HpaGpuUtilization(BOUNDS)
-    hpa.control(view(now=0.0, utilization=0.7))
+    hpa.control(view(now=10.0, utilization=0.7))
     assert hpa.control(view(now=100.0, utilization=0.35)).replicas == 2
-    assert hpa.control(view(now=301.0, utilization=0.35)).replicas == 1
+    assert hpa.control(view(now=311.0, utilization=0.35)).replicas == 1
 
 
 def test_hpa_scale_up_is_limited_to_four_pods_or_double_per_sync():
@@ -52,9 +52,14 @@ def test_hpa_scale_up_is_limited_to_four_pods_or_double_per_sync():
 
 def test_hpa_scales_down_to_the_highest_recommendation_of_the_last_300_seconds():
     behaviour = HpaBehaviour(BOUNDS)
-    behaviour.apply(0.0, current=8, recommended=8)
-    assert behaviour.apply(299.0, current=8, recommended=2) == 8
-    assert behaviour.apply(301.0, current=8, recommended=2) == 2
+    behaviour.apply(10.0, current=8, recommended=8)
+    assert behaviour.apply(309.0, current=8, recommended=2) == 8
+    assert behaviour.apply(311.0, current=8, recommended=2) == 2
+
+
+def test_hpa_starts_with_the_initial_replicas_in_its_window():
+    behaviour = HpaBehaviour(Bounds(1, 16, initial=6))
+    assert behaviour.apply(15.0, current=6, recommended=1) == 6
 
 
 def test_keda_asks_for_total_waiting_over_the_threshold():
