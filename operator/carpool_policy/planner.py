@@ -6,8 +6,9 @@ whether the targets are met; when even `highest` replicas cannot meet them the p
 `highest` with the lower-priority endpoints' shares shrunk (`shrunk` names them).
 
 Limits, at the chosen replica count:
-- an SLA endpoint gets the fewest batch slots that a `slot_burst_factor` surge of its running
-  sequences would rarely wait for (Erlang C), and a batch window from a share of its spare budget;
+- an SLA endpoint gets all the batch slots its bounds allow (a burst admitted at once costs a
+  slightly slower step; a burst held back by a full batch costs whole request times of queueing)
+  and a batch window from a share of its spare budget;
 - a throughput class gets the largest batch (and longest window) that still keeps every SLA
   endpoint inside its budget: it soaks up the spare capacity;
 - when the budgets cannot all be met, the lowest-priority endpoints drop to their minimum batch
@@ -28,7 +29,6 @@ from carpool_policy.capacity import (
     planning_target,
 )
 from carpool_policy.profile import Profile
-from carpool_policy.queueing import erlang_c
 from carpool_policy.tuning import Tuning
 from carpool_policy.types import EndpointLimits, EndpointSpec, IntRange, PoolSpec
 
@@ -75,18 +75,8 @@ def limits_at(
         result = forecast(loads, limits, replicas, profile, tuning)
         return result, meets_targets(result, loads, limits, profile, tuning, headroom)
 
-    base_forecast, base_fits = evaluate(favourable)
     limits = dict(favourable)
-    for load in loads:
-        if load.budget_seconds is not None:
-            running = base_forecast.endpoints[load.name].running_per_replica
-            limits[load.name] = EndpointLimits(
-                _slots_for(running, endpoints[load.name].max_batch_size, tuning),
-                endpoints[load.name].batch_window_milliseconds.min,
-            )
     result, fits = evaluate(limits)
-    if base_fits and not fits:
-        limits, result, fits = dict(favourable), base_forecast, base_fits
 
     shrunk: list[str] = []
     throughput_classes = [load for load in loads if load.budget_seconds is None]
@@ -147,14 +137,6 @@ def most_favourable_limits(
         )
         limits[load.name] = EndpointLimits(size, window)
     return limits
-
-
-def _slots_for(running: float, bounds: IntRange, tuning: Tuning) -> int:
-    surge = tuning.slot_burst_factor * running
-    for size in batch_size_candidates(bounds):
-        if size > surge and erlang_c(size, surge) <= 1.0 - tuning.planning_quantile:
-            return size
-    return bounds.max
 
 
 def _with_windows(

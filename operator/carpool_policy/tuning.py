@@ -25,8 +25,6 @@ class Tuning:
     max_prompt_tail_ratio: float = 4.0
     # Share of an SLA endpoint's spare budget given to its batch window.
     window_share_of_spare: float = 0.1
-    # SLA endpoints get enough batch slots for this multiple of their running sequences.
-    slot_burst_factor: float = 2.0
     # Highest GPU busy fraction planned for, even for throughput-only traffic.
     max_utilization: float = 0.9
     # Metrics older than this many control intervals are stale (hold).
@@ -39,7 +37,7 @@ class Tuning:
     backlog_drain_seconds: float = 15.0
     # Feedback: weight of the newest measured/predicted ratio, and the correction's bounds.
     correction_weight: float = 0.3
-    correction_bounds: tuple[float, float] = (0.5, 4.0)
+    correction_bounds: tuple[float, float] = (0.5, 2.0)
     # Feedback learns only when the model predicts at least this much queueing (seconds).
     min_predicted_queueing: float = 0.01
     # Below this arrival rate (req/s) an endpoint's measured p95s are too noisy for feedback.
