@@ -27,7 +27,7 @@ from carpool_sim.controllers import Action, Controller, ControlView
 from carpool_sim.metrics import RunRecorder
 from carpool_sim.pool import Pod, Pool
 from carpool_sim.prometheus import Prometheus, Sample
-from carpool_sim.replica import Limits
+from carpool_sim.replica import CachedStepTimes, Limits
 from carpool_sim.trace import Request
 
 
@@ -101,7 +101,7 @@ def simulate(
             push(wake, REPLICA, (pod, versions[pod.index]))
 
     pool = Pool(
-        profile,
+        CachedStepTimes(profile),
         worker_limits(spec, limits),
         recorder,
         slots=profile.max_batch_size,
