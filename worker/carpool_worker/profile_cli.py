@@ -1,0 +1,162 @@
+"""``carpool profile``: measure a model's step-time profile on this device (schema in profile.md).
+
+Contract: ``main(argv) -> int``. Writes a ``carpool.dev/profile/v1`` JSON (decode step seconds on
+a grid of batch sizes x context lengths, prefill seconds per prompt length, the KV capacity) and
+a PNG of the Pareto curve: generated tokens per second against p95 time to first token as the
+batch limit grows, measured through the real engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+from pathlib import Path
+
+SCHEMA = "carpool.dev/profile/v1"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carpool profile", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--max-batch-size", type=int, default=128, help="KV cache slots")
+    p.add_argument("--max-context", type=int, default=2304, help="tokens per slot")
+    p.add_argument("--batch-sizes", type=_ints, default=_ints("1,2,4,8,16,32,64,128"))
+    p.add_argument("--contexts", type=_ints, default=_ints("128,512,1024,2048"))
+    p.add_argument("--prompt-lengths", type=_ints, default=_ints("16,64,256,1024,2048"))
+    p.add_argument("--pareto-batch-sizes", type=_ints, default=_ints("1,2,4,8,16,32,64,128"))
+    p.add_argument("--pareto-prompt-tokens", type=int, default=256)
+    p.add_argument("--pareto-new-tokens", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="decode steps timed per grid point")
+    p.add_argument("--no-kernels", action="store_true")
+    p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
+    p.add_argument("--plot", type=Path, help="Pareto PNG to write (default: OUT with .png)")
+    return p
+
+
+def build_runner(args):
+    import torch
+
+    from .config import resolve_model_config
+    from .model import load_model
+    from .runner import ModelRunner
+
+    config = resolve_model_config(args.model)
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    ops = None
+    if cuda and not args.no_kernels:
+        from .kernels import TritonOps
+
+        ops = TritonOps()
+    model = load_model(config, device, torch.bfloat16 if cuda else torch.float32, ops)
+    runner = ModelRunner(
+        model,
+        args.max_batch_size,
+        args.max_context,
+        use_cuda_graphs=cuda and not args.no_cuda_graphs,
+    )
+    runner.warmup()
+    return runner
+
+
+def device_name(device) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def measure(args, runner, log) -> dict:
+    from . import profiling
+
+    profiling.fill_cache_random(runner)
+    decode = []
+    for context in args.contexts:
+        for batch in args.batch_sizes:
+            if batch > runner.num_slots or context >= runner.max_seq_len:
+                continue
+            seconds = profiling.decode_step_seconds(runner, batch, context, args.steps)
+            decode.append(
+                {"batch_size": batch, "context_tokens": context, "step_seconds": round(seconds, 6)}
+            )
+            log.info("decode batch=%d context=%d %.3f ms", batch, context, seconds * 1e3)
+    prefill = []
+    for tokens in args.prompt_lengths:
+        if tokens >= runner.max_seq_len:
+            continue
+        seconds = profiling.prefill_seconds(runner, tokens)
+        prefill.append({"prompt_tokens": tokens, "seconds": round(seconds, 6)})
+        log.info("prefill %d tokens %.3f ms", tokens, seconds * 1e3)
+    pareto = []
+    budget = 2048 if runner.device.type == "cuda" else 256
+    for batch in args.pareto_batch_sizes:
+        if batch > runner.num_slots:
+            continue
+        point = profiling.engine_pareto_point(
+            runner, batch, args.pareto_prompt_tokens, args.pareto_new_tokens, 2 * batch, budget
+        )
+        pareto.append(point)
+        log.info("pareto %s", point)
+    return {
+        "schema": SCHEMA,
+        "model": runner.model.config.name,
+        "device": device_name(runner.device),
+        "dtype": str(runner.model.dtype).removeprefix("torch."),
+        "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "kv_cache_tokens": runner.num_slots * runner.max_seq_len,
+        "max_batch_size": runner.num_slots,
+        "decode": decode,
+        "prefill": prefill,
+        "pareto": {
+            "prompt_tokens": args.pareto_prompt_tokens,
+            "new_tokens": args.pareto_new_tokens,
+            "points": pareto,
+        },
+    }
+
+
+def plot_pareto(profile: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = profile["pareto"]["points"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["ttft_p95_seconds"] * 1e3 for p in points]
+    ys = [p["tokens_per_second"] for p in points]
+    ax.plot(xs, ys, marker="o")
+    for p, x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(str(p["max_batch_size"]), (x, y), textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("p95 time to first token (ms)")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"{profile['model']} on {profile['device']}: batch limit ->")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    log = logging.getLogger("carpool.profile")
+    runner = build_runner(args)
+    profile = measure(args, runner, log)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(profile, indent=1) + "\n")
+    plot_pareto(profile, args.plot or args.out.with_suffix(".png"))
+    log.info("wrote %s", args.out)
+    return 0
