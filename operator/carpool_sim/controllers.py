@@ -2,7 +2,8 @@
 
 Contract: a controller is called every `interval_seconds` with a `ControlView` (what it could
 see at that instant) and returns an `Action`: the replicas it wants and, for carpool only, new
-per-endpoint limits. Every controller gets the same replica bounds. The baselines follow their
+per-endpoint limits. Every controller gets the same replica bounds and starts the run with the
+same replicas (`Bounds.initial`). The baselines follow their
 documented control laws with their documented defaults:
 
 - `hpa-gpu`: Kubernetes HPA on the GPU utilization gauge (DCGM_FI_DEV_GPU_UTIL via Prometheus),

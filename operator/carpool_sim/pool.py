@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from carpool_sim.metrics import RunRecorder
-from carpool_sim.replica import Limits, Replica, StepTimes
+from carpool_sim.replica import Limits, Replica
+from carpool_sim.steptimes import StepTimes
 from carpool_sim.trace import Request
 
 

@@ -27,7 +27,8 @@ from carpool_sim.controllers import Action, Controller, ControlView
 from carpool_sim.metrics import RunRecorder
 from carpool_sim.pool import Pod, Pool
 from carpool_sim.prometheus import Prometheus, Sample
-from carpool_sim.replica import CachedStepTimes, Limits
+from carpool_sim.replica import Limits
+from carpool_sim.steptimes import CachedStepTimes
 from carpool_sim.trace import Request
 
 
