@@ -1,0 +1,145 @@
+{{/* carpool's alerting rules: the `groups` of a Prometheus rules file. The PrometheusRule
+renders them; the chart's tests extract them into a plain rules file for promtool and for a
+real Prometheus. docs/observability.md explains each alert. */}}
+{{- define "carpool.alertGroups" -}}
+{{- $rules := .Values.prometheus.rules -}}
+{{- $budget := subf 1.0 $rules.sla.objective -}}
+- name: carpool.sla
+  rules:
+  {{- range $rules.sla.burnRates }}
+  {{- $bad := mulf $budget .burnRate }}
+  {{- if ge $bad 1.0 }}
+  {{- fail (printf "prometheus.rules.sla.burnRates %s: burnRate %v spends more than the whole error budget (it must be below 1 / (1 - objective))" .name .burnRate) }}
+  {{- end }}
+  {{- $q := printf "%.4g" (subf 1.0 $bad) }}
+  {{- $ttft := printf "histogram_quantile(%s, sum by (namespace, pool, endpoint, le) (rate(carpool_time_to_first_token_seconds_bucket[%%s])))" $q }}
+  {{- $sla := "max by (namespace, pool, endpoint) (carpool_endpoint_sla_ttft_p95_seconds)" }}
+    - alert: CarpoolEndpointSLABurnRate{{ .name }}
+      # Fires when more than {{ printf "%.4g" (mulf $bad 100.0) }}% of the requests missed the TTFT target in both
+      # windows: the {{ printf "%.4g" (mulf $budget 100.0) }}% error budget spent {{ .burnRate }}x too fast. The share of
+      # requests slower than the SLA exceeds x exactly when the (1 - x) quantile of TTFT does.
+      expr: |
+        (
+          {{ printf $ttft .longWindow }}
+          > {{ $sla }}
+        )
+        and on (namespace, pool, endpoint)
+        (
+          {{ printf $ttft .shortWindow }}
+          > {{ $sla }}
+        )
+      for: {{ .for }}
+      labels:
+        severity: {{ .severity }}
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: Endpoint {{`{{ $labels.endpoint }}`}} of pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}} is burning its TTFT error budget {{ .burnRate }}x too fast.
+        description: >-
+          Over the last {{ .longWindow }} and the last {{ .shortWindow }}, more than {{ printf "%.4g" (mulf $bad 100.0) }}% of the requests
+          to endpoint {{`{{ $labels.endpoint }}`}} waited longer for their first token than the SLA allows
+          (the {{ printf "%.4g" (mulf (subf 1.0 $bad) 100.0) }}th percentile is {{`{{ $value | humanizeDuration }}`}}). At this rate the
+          {{ printf "%.4g" (mulf $budget 100.0) }}% error budget is spent {{ .burnRate }} times too fast. Check the pool's
+          CapacityLimited and MetricsAvailable conditions and its scaling Events.
+        {{- with include "carpool.runbook" (list $ (printf "CarpoolEndpointSLABurnRate%s" .name)) }}
+        runbook_url: {{ . }}
+        {{- end }}
+  {{- end }}
+- name: carpool.pool
+  rules:
+    - alert: CarpoolPoolMetricsUnavailable
+      expr: |
+        max by (namespace, pool) (carpool_pool_status_condition{type="MetricsAvailable", status="False"}) == 1
+      for: {{ $rules.metricsUnavailableFor }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: The operator cannot read pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}'s metrics; it holds replicas and limits.
+        description: >-
+          The operator has reported MetricsAvailable=False for pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}
+          for {{ $rules.metricsUnavailableFor }}: Prometheus is unreachable or the workers' series are missing or stale.
+          The pool keeps its current replicas and batch limits until metrics return, so it does
+          not follow its load. `kubectl describe inferencepool` shows the condition's message.
+        {{- with include "carpool.runbook" (list $ "CarpoolPoolMetricsUnavailable") }}
+        runbook_url: {{ . }}
+        {{- end }}
+    - alert: CarpoolWorkerMetricsMissing
+      expr: |
+        max by (namespace, pool, pod) (up{pool!=""}) == 0
+      for: {{ $rules.workerMetricsMissingFor }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: Prometheus cannot scrape worker {{`{{ $labels.namespace }}/{{ $labels.pod }}`}} of pool {{`{{ $labels.pool }}`}}.
+        description: >-
+          Scrapes of the worker pod's /metrics have failed for {{ $rules.workerMetricsMissingFor }}. The
+          operator's view of the pool's queue delay misses this pod.
+        {{- with include "carpool.runbook" (list $ "CarpoolWorkerMetricsMissing") }}
+        runbook_url: {{ . }}
+        {{- end }}
+    - alert: CarpoolPoolMetricsAbsent
+      expr: |
+        max by (namespace, pool) (carpool_pool_ready_replicas) > 0
+        unless on (namespace, pool)
+        count by (namespace, pool) (up{pool!=""} == 1)
+      for: {{ $rules.workerMetricsMissingFor }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: Pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}} has {{`{{ $value }}`}} ready workers and Prometheus scrapes none of them.
+        description: >-
+          No worker of the pool is a Prometheus target with the `pool` label. Scraping is not set up
+          for the pool's namespace (see the chart's prometheus.workers.podMonitor), so the operator
+          cannot scale it.
+        {{- with include "carpool.runbook" (list $ "CarpoolPoolMetricsAbsent") }}
+        runbook_url: {{ . }}
+        {{- end }}
+    - alert: CarpoolPoolCapacityLimited
+      expr: |
+        max by (namespace, pool) (carpool_pool_status_condition{type="CapacityLimited", status="True"}) == 1
+      for: {{ $rules.capacityLimitedFor }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: Pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}} wants more workers than the cluster can place.
+        description: >-
+          Worker pods have been pending (no node with a free GPU) for {{ $rules.capacityLimitedFor }}. The operator
+          protects the high-priority endpoints by shrinking the low-priority ones' share; add GPU
+          capacity or lower the pool's replicas.max.
+        {{- with include "carpool.runbook" (list $ "CarpoolPoolCapacityLimited") }}
+        runbook_url: {{ . }}
+        {{- end }}
+- name: carpool.operator
+  rules:
+    - alert: CarpoolOperatorReconcileErrors
+      expr: |
+        sum by (namespace, pod) (rate(carpool_operator_reconciles_total{outcome="error"}[5m])) > 0
+      for: {{ $rules.reconcileErrorsFor }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: The carpool operator {{`{{ $labels.namespace }}/{{ $labels.pod }}`}} keeps failing to reconcile pools.
+        description: >-
+          Reconciles have ended in errors for {{ $rules.reconcileErrorsFor }}
+          ({{`{{ $value | humanize }}`}} per second). The pools' Reconciled condition and Warning
+          Events say which objects the API server refused and why.
+        {{- with include "carpool.runbook" (list $ "CarpoolOperatorReconcileErrors") }}
+        runbook_url: {{ . }}
+        {{- end }}
+{{- end -}}
