@@ -137,7 +137,7 @@ real Prometheus. docs/observability.md explains each alert. */}}
         summary: The carpool operator {{`{{ $labels.namespace }}/{{ $labels.pod }}`}} keeps failing to reconcile pools.
         description: >-
           Reconciles have ended in errors for {{ $rules.reconcileErrorsFor }}
-          ({{`{{ $value | humanize }}`}} per second). The pools' Reconciled condition and Warning
+          ({{`{{ $value | printf "%.3g" }}`}} per second). The pools' Reconciled condition and Warning
           Events say which objects the API server refused and why.
         {{- with include "carpool.runbook" (list $ "CarpoolOperatorReconcileErrors") }}
         runbook_url: {{ . }}

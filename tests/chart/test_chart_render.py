@@ -1,0 +1,160 @@
+"""The chart rendered without a cluster: what it ships, what each value switches, and that the
+CRDs, the RBAC rules and the dashboard come from their single sources."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "carpool"
+MONITORING = ("PrometheusRule", "PodMonitor", "ServiceMonitor")
+
+Render = Callable[..., list[dict]]
+
+
+def one(docs: list[dict], kind: str, name_suffix: str = "") -> dict:
+    (found,) = [
+        d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)
+    ]
+    return found
+
+
+def api_versions(*kinds: str) -> list[str]:
+    return [a for kind in kinds for a in ("--api-versions", f"monitoring.coreos.com/v1/{kind}")]
+
+
+def test_chart_crds_are_byte_identical_to_the_crds_folder() -> None:
+    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").iterdir()}
+    source = {p.name: p.read_bytes() for p in (ROOT / "crds").iterdir()}
+    assert shipped == source
+
+
+def test_helm_lint_passes_strict(helm: Path) -> None:
+    result = subprocess.run(
+        [str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cluster_role_rules_are_the_operator_rules_file(rendered: Render) -> None:
+    role = one(rendered(), "ClusterRole")
+    source = yaml.safe_load((CHART / "files" / "operator-rbac.yaml").read_text())
+    assert role["rules"] == source
+
+
+def test_cluster_role_binding_grants_the_role_to_the_operator_account(rendered: Render) -> None:
+    docs = rendered()
+    binding = one(docs, "ClusterRoleBinding")
+    account = one(docs, "ServiceAccount")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "carpool"}
+    ]
+
+
+def test_operator_runs_two_replicas_that_share_one_peering(rendered: Render) -> None:
+    docs = rendered()
+    deployment = one(docs, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    peering = one(docs, "ClusterKopfPeering")
+    assert deployment["spec"]["replicas"] == 2
+    assert f"--peering={peering['metadata']['name']}" in args
+    assert "--standalone" not in args
+
+
+def test_operator_runs_non_root_with_a_read_only_root_filesystem(rendered: Render) -> None:
+    pod = one(rendered(), "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_operator_probes_and_scrape_annotations_use_its_ports(rendered: Render) -> None:
+    docs = rendered("--set", "operator.metrics.port=9100", "--set", "operator.health.port=9101")
+    template = one(docs, "Deployment")["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9100, "health": 9101}
+    assert {"--metrics-port=9100", "--health-port=9101"} <= set(container["args"])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9100"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_watch_namespaces_become_flags_and_namespaced_peerings(rendered: Render) -> None:
+    docs = rendered("--set", "operator.watchNamespaces={ml,tenant-*}")
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    peerings = [d for d in docs if d["kind"].endswith("KopfPeering")]
+    assert {"--namespace=ml", "--namespace=tenant-*"} <= set(args)
+    assert [(p["kind"], p["metadata"]["namespace"]) for p in peerings] == [("KopfPeering", "ml")]
+
+
+def test_single_replica_has_no_disruption_budget(rendered: Render) -> None:
+    docs = rendered("--set", "operator.replicaCount=1")
+    assert [d for d in docs if d["kind"] == "PodDisruptionBudget"] == []
+
+
+def test_default_install_renders_no_monitoring_objects(rendered: Render) -> None:
+    kinds = {d["kind"] for d in rendered(*api_versions(*MONITORING))}
+    assert kinds.isdisjoint(MONITORING)
+    assert not [d for d in rendered() if d["kind"] == "ConfigMap"]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("prometheus.rules.enabled", "PrometheusRule"),
+        ("prometheus.workers.podMonitor.enabled", "PodMonitor"),
+        ("prometheus.operator.podMonitor.enabled", "PodMonitor"),
+        ("prometheus.operator.serviceMonitor.enabled", "ServiceMonitor"),
+    ],
+)
+def test_monitoring_object_on_a_cluster_without_its_crd_fails_with_a_reason(
+    value: str, kind: str, template: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    result = template("--set", f"{value}=true", check=False)
+    assert result.returncode != 0
+    assert f"monitoring.coreos.com/v1 {kind}" in result.stderr
+
+
+def test_worker_pod_monitor_keeps_the_endpoint_label_and_adds_pool(rendered: Render) -> None:
+    docs = rendered(
+        "--set", "prometheus.workers.podMonitor.enabled=true", *api_versions("PodMonitor")
+    )
+    monitor = one(docs, "PodMonitor", "-workers")
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "carpool-worker"
+    }
+    assert endpoint["port"] == "http"
+    assert endpoint["honorLabels"] is True
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_carpool_dev_pool"],
+        "targetLabel": "pool",
+    } in endpoint["relabelings"]
+
+
+def test_dashboard_configmap_holds_the_dashboard_file_for_the_sidecar(rendered: Render) -> None:
+    docs = rendered("--set", "grafana.dashboard.enabled=true")
+    configmap = one(docs, "ConfigMap", "-dashboard")
+    source = (CHART / "files" / "dashboards" / "carpool.json").read_text()
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["carpool.json"]) == json.loads(source)
+
+
+def test_values_schema_refuses_a_wrong_value(
+    template: Callable[..., subprocess.CompletedProcess],
+) -> None:
+    result = template("--set", "operator.logLevel=LOUD", check=False)
+    assert result.returncode != 0
+    assert "logLevel" in result.stderr
