@@ -1,0 +1,132 @@
+"""Status conditions per the Kubernetes API conventions, and the operator's own ones.
+
+Contract (pure): `set_condition(conditions, type_, status, reason, message, generation, now)`
+returns a new list with that condition replaced or added; `lastTransitionTime` changes only
+when `status` does, so re-setting a condition with a new message keeps its transition time.
+`ready(...)`, `reconciled(...)` and `scaler_conflict(...)` compute the operator's conditions;
+`initial(...)` is what the first visit sets for the control loop's conditions when they are
+absent (Unknown until the control loop has observed the pool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+READY = "Ready"
+RECONCILED = "Reconciled"
+SCALER_CONFLICT = "ScalerConflict"
+METRICS_AVAILABLE = "MetricsAvailable"
+SLA_MET = "SLAMet"
+
+# The control loop owns these; the operator only makes them visible as Unknown at first.
+CONTROL_LOOP_CONDITIONS = (METRICS_AVAILABLE, SLA_MET)
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+def find(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    condition: Condition,
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    existing = find(conditions, condition.type)
+    transition = now
+    if existing is not None and existing.get("status") == condition.status:
+        transition = existing.get("lastTransitionTime") or now
+    updated = {
+        "type": condition.type,
+        "status": condition.status,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+        "reason": condition.reason,
+        "message": condition.message,
+    }
+    out = [dict(c) for c in conditions or [] if c.get("type") != condition.type]
+    out.append(updated)
+    order = [READY, RECONCILED, SCALER_CONFLICT]
+    return sorted(out, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+
+
+def ready(desired: int, ready_replicas: int, unavailable_reason: str = "") -> Condition:
+    if desired == 0:
+        return Condition(
+            READY, "False", "ScaledToZero", "scaling.manualReplicas is 0: no worker runs"
+        )
+    if ready_replicas == 0:
+        why = f" ({unavailable_reason})" if unavailable_reason else ""
+        return Condition(READY, "False", "NoReadyWorkers", f"0 of {desired} workers are ready{why}")
+    if ready_replicas < desired:
+        return Condition(
+            READY,
+            "True",
+            "WorkersStarting",
+            f"{ready_replicas} of {desired} workers are ready; the pool serves meanwhile",
+        )
+    return Condition(
+        READY, "True", "WorkersReady", f"{ready_replicas} of {desired} workers are ready"
+    )
+
+
+def reconciled(generation: int, error: str | None = None) -> Condition:
+    if error:
+        return Condition(RECONCILED, "False", "ApplyFailed", error)
+    return Condition(
+        RECONCILED,
+        "True",
+        "Applied",
+        f"the worker Deployment, Service, limits ConfigMap, admin Secret and PodDisruptionBudget "
+        f"match generation {generation}",
+    )
+
+
+def scaler_conflict(scalers: Sequence[str], deployment: str) -> Condition:
+    if not scalers:
+        return Condition(
+            SCALER_CONFLICT,
+            "False",
+            "NoExternalScaler",
+            f"no HorizontalPodAutoscaler or ScaledObject targets Deployment {deployment}",
+        )
+    one = len(scalers) == 1
+    kinds = {s.split("/", 1)[0] for s in scalers}
+    reason = "ScaledObjectFound" if "ScaledObject" in kinds else "HorizontalPodAutoscalerFound"
+    return Condition(
+        SCALER_CONFLICT,
+        "True",
+        reason,
+        f"{', '.join(scalers)} {'targets' if one else 'target'} Deployment {deployment}: carpool "
+        f"leaves the worker count alone until {'it is' if one else 'they are'} removed (to "
+        f"scale by hand, use scaling.mode Manual instead)",
+    )
+
+
+def initial(conditions: Sequence[Mapping[str, Any]] | None, generation: int, now: str):
+    """Add the control loop's conditions as Unknown when they are absent."""
+    out = [dict(c) for c in conditions or []]
+    for type_ in CONTROL_LOOP_CONDITIONS:
+        if find(out, type_) is None:
+            out = set_condition(
+                out,
+                Condition(
+                    type_,
+                    "Unknown",
+                    "AwaitingFirstObservation",
+                    "the control loop has not observed this pool yet",
+                ),
+                generation,
+                now,
+            )
+    return out
