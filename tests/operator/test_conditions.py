@@ -1,0 +1,66 @@
+"""Conditions per the API conventions: transition times, reasons, and the first visit."""
+
+from __future__ import annotations
+
+import pytest
+
+from carpool_operator import conditions
+from carpool_operator.conditions import Condition
+
+
+def test_transition_time_stays_while_the_status_stays():
+    first = conditions.set_condition([], Condition("Ready", "False", "A", "m1"), 1, "T1")
+    second = conditions.set_condition(first, Condition("Ready", "False", "B", "m2"), 2, "T2")
+    (ready,) = second
+    assert (ready["lastTransitionTime"], ready["reason"], ready["observedGeneration"]) == (
+        "T1",
+        "B",
+        2,
+    )
+
+
+def test_transition_time_moves_when_the_status_changes():
+    first = conditions.set_condition([], Condition("Ready", "False", "A", "m"), 1, "T1")
+    (ready,) = conditions.set_condition(first, Condition("Ready", "True", "B", "m"), 1, "T2")
+    assert ready["lastTransitionTime"] == "T2"
+
+
+def test_other_conditions_are_kept():
+    first = conditions.set_condition([], Condition("SLAMet", "True", "A", "m"), 1, "T1")
+    both = conditions.set_condition(first, Condition("Ready", "True", "B", "m"), 1, "T2")
+    assert [c["type"] for c in both] == ["Ready", "SLAMet"]
+
+
+@pytest.mark.parametrize(
+    ("desired", "ready", "status", "reason"),
+    [
+        (0, 0, "False", "ScaledToZero"),
+        (2, 0, "False", "NoReadyWorkers"),
+        (2, 1, "True", "WorkersStarting"),
+        (2, 2, "True", "WorkersReady"),
+    ],
+)
+def test_ready_condition(desired, ready, status, reason):
+    condition = conditions.ready(desired, ready)
+    assert (condition.status, condition.reason) == (status, reason)
+
+
+def test_scaler_conflict_names_the_autoscaler_and_the_deployment():
+    condition = conditions.scaler_conflict(["HorizontalPodAutoscaler/cpu"], "a-worker")
+    assert condition.status == "True"
+    assert condition.reason == "HorizontalPodAutoscalerFound"
+    assert "HorizontalPodAutoscaler/cpu" in condition.message and "a-worker" in condition.message
+
+
+def test_first_visit_adds_the_control_loops_conditions_as_unknown():
+    added = conditions.initial([], 1, "T")
+    assert {(c["type"], c["status"]) for c in added} == {
+        ("MetricsAvailable", "Unknown"),
+        ("SLAMet", "Unknown"),
+    }
+
+
+def test_first_visit_keeps_what_the_control_loop_already_set():
+    existing = [{"type": "SLAMet", "status": "True", "reason": "Met", "message": ""}]
+    added = conditions.initial(existing, 1, "T")
+    assert conditions.find(added, "SLAMet")["status"] == "True"
