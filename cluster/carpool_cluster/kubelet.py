@@ -118,7 +118,7 @@ class ProcessKubelet:
                 },
             }
             try:
-                self.coordination.replace_namespaced_lease(name, "kube-node-lease", lease)
+                self.coordination.patch_namespaced_lease(name, "kube-node-lease", lease)
             except client.ApiException as error:
                 if error.status != 404:
                     raise
@@ -179,8 +179,9 @@ class ProcessKubelet:
             self.core.delete_namespaced_pod(
                 pod.metadata.name,
                 pod.metadata.namespace,
-                grace_period_seconds=0,
-                body=client.V1DeleteOptions(preconditions={"uid": pod.metadata.uid}),
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions={"uid": pod.metadata.uid}
+                ),
             )
         except client.ApiException as error:
             if error.status not in (404, 409):
@@ -271,7 +272,8 @@ class ProcessKubelet:
                     self.heartbeat()
                     last_heartbeat = time.monotonic()
             except Exception as error:  # the API server restarting must not kill the node
-                print(f"tick failed: {error!r}", flush=True)
+                detail = getattr(error, "body", "") or ""
+                print(f"tick failed: {error!r} {detail}", flush=True)
             self.stopping.wait(TICK_SECONDS)
         self.shutdown()
 

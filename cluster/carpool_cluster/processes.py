@@ -19,6 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+# Processes started by this Python process: asking their Popen is exact, whereas /proc can
+# briefly show nothing while a child is between fork and exec.
+_STARTED_HERE: dict[int, subprocess.Popen] = {}
+
 
 class StartupError(RuntimeError):
     """A daemon did not start or become healthy; the message says which and why."""
@@ -69,6 +73,7 @@ def start(
             cwd=cwd,
             start_new_session=True,  # its own process group: stop() ends it and its children
         )
+    _STARTED_HERE[proc.pid] = proc
     return ProcessRecord(name=name, pid=proc.pid, executable=command[0], log=str(log), port=port)
 
 
@@ -84,6 +89,9 @@ def _running_executable(pid: int) -> str | None:
 
 
 def is_running(record: ProcessRecord) -> bool:
+    own = _STARTED_HERE.get(record.pid)
+    if own is not None:
+        return own.poll() is None
     return _running_executable(record.pid) == record.executable
 
 

@@ -70,7 +70,13 @@ def scrape_config(state: ClusterState, rule_files: list[str] | None = None) -> d
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "rule_files": rule_files or [],
         "scrape_configs": [
-            {"job_name": "carpool-pods", "kubernetes_sd_configs": [sd], "relabel_configs": relabel},
+            {
+                "job_name": "carpool-pods",
+                "kubernetes_sd_configs": [sd],
+                "relabel_configs": relabel,
+                # Targets that do not name their format are read as the classic text format.
+                "fallback_scrape_protocol": "PrometheusText0.0.4",
+            },
         ],
     }
 
