@@ -110,12 +110,14 @@ def running_total(client) -> float:
 def test_client_disconnect_mid_stream_frees_the_slot(server, client):
     engine = server.worker.engine
     body = {"prompt": "stream me", "max_tokens": 200, "temperature": 0, "stream": True}
-    with httpx.Client(base_url=server.url, timeout=30) as other:
-        with other.stream("POST", "/v1/completions", json=body) as r:
-            lines = r.iter_lines()
-            wait_for(lambda: next(lines).startswith("data: "))
-            assert engine.scheduler.running  # the request holds a slot while we read
-        # Leaving the block closes the connection mid-stream.
+    # Leaving the block closes the connection mid-stream.
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as other,
+        other.stream("POST", "/v1/completions", json=body) as r,
+    ):
+        lines = r.iter_lines()
+        wait_for(lambda: next(lines).startswith("data: "))
+        assert engine.scheduler.running  # the request holds a slot while we read
     wait_for(lambda: not engine.scheduler.running)
     wait_for(lambda: running_total(client) == 0)
     assert client.post("/v1/completions", json=OK).status_code == 200

@@ -121,3 +121,18 @@ def test_batched_decode_equals_one_at_a_time():
             for o, row in zip(outs, logits, strict=True):
                 o.append(int(row.argmax()))
     assert outs == alone
+
+
+def test_prefill_of_several_prompts_at_once_equals_one_by_one():
+    model = load_model(PRESETS["tiny"], torch.device("cpu"), torch.float32)
+    cache = KVCache(model.config, num_slots=6, max_seq_len=64, device="cpu", dtype=torch.float32)
+    prompts = [torch.tensor(p) for p in PROMPTS]
+    with torch.inference_mode():
+        alone = torch.stack([model.prefill(cache, p, slot, 0) for slot, p in enumerate(prompts)])
+        # Slots 3..5: the same prompts together, the last one as a continuation chunk.
+        model.prefill(cache, prompts[2][:4], 5, 0)
+        together = model.prefill_many(
+            cache, [(prompts[0], 3, 0), (prompts[1], 4, 0), (prompts[2][4:], 5, 4)]
+        )
+    assert torch.allclose(alone, together, atol=1e-5)
+    assert torch.allclose(cache.k[:, 2, :11], cache.k[:, 5, :11], atol=1e-6)

@@ -197,28 +197,62 @@ class LlamaModel:
 
     def prefill(self, cache: KVCache, token_ids: torch.Tensor, slot: int, start: int):
         """Prompt tokens ``token_ids`` at positions ``start..``; returns the last row's logits."""
+        return self.prefill_many(cache, [(token_ids, slot, start)])[0]
+
+    def prefill_many(self, cache: KVCache, chunks: list[tuple[torch.Tensor, int, int]]):
+        """Several prompt chunks ``(token ids, slot, start)`` in one pass over the weights.
+
+        The GEMMs and elementwise kernels run once over all chunks' tokens; only attention
+        goes chunk by chunk. Returns (len(chunks), vocab): each chunk's last-row logits.
+        """
         c = self.config
-        n = token_ids.shape[0]
-        positions = torch.arange(start, start + n, device=self.device)
-        slots = torch.full((n,), slot, device=self.device, dtype=torch.long)
-        x = self.params["embed"][token_ids]
-        total = start + n
+        dev = self.device
+        lengths = [int(ids.shape[0]) for ids, _, _ in chunks]
+        positions = torch.cat(
+            [
+                torch.arange(st, st + n, device=dev)
+                for (_, _, st), n in zip(chunks, lengths, strict=True)
+            ]
+        )
+        slots = torch.cat(
+            [
+                torch.full((n,), slot, device=dev, dtype=torch.long)
+                for (_, slot, _), n in zip(chunks, lengths, strict=True)
+            ]
+        )
+        x = self.params["embed"][torch.cat([ids for ids, _, _ in chunks])]
         groups = c.num_heads // c.num_kv_heads
-        mask = None
-        if start > 0:
-            # Query i (position start+i) sees keys 0..start+i.
-            mask = torch.arange(total, device=self.device)[None, :] <= positions[:, None]
+        masks = []
+        offset = 0
+        for (_, _, st), n in zip(chunks, lengths, strict=True):
+            # Query i (position st+i) sees keys 0..st+i; a chunk from 0 is plain causal.
+            pos = positions[offset : offset + n]
+            masks.append(
+                None if st == 0 else torch.arange(st + n, device=dev)[None, :] <= pos[:, None]
+            )
+            offset += n
 
         def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
-            k = cache.k[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
-            v = cache.v[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
-            out = F.scaled_dot_product_attention(
-                q.transpose(0, 1), k, v, attn_mask=mask, is_causal=mask is None
-            )
-            return out.transpose(0, 1).reshape(n, c.num_heads * c.head_dim)
+            outs = []
+            offset = 0
+            for (_, slot, st), n, mask in zip(chunks, lengths, masks, strict=True):
+                total = st + n
+                k = cache.k[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
+                v = cache.v[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
+                out = F.scaled_dot_product_attention(
+                    q[offset : offset + n].transpose(0, 1),
+                    k,
+                    v,
+                    attn_mask=mask,
+                    is_causal=mask is None,
+                )
+                outs.append(out.transpose(0, 1).reshape(n, c.num_heads * c.head_dim))
+                offset += n
+            return torch.cat(outs) if len(outs) > 1 else outs[0]
 
         h = self._layers(x, cache, slots, positions, attend)
-        return self.ops.lm_head(h[-1:], self.lm_head)[0]
+        last = torch.tensor(lengths, device=dev).cumsum(0) - 1
+        return self.ops.lm_head(h[last], self.lm_head)
 
 
 def load_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, ops=None):

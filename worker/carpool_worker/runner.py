@@ -27,51 +27,60 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    """One CUDA graph per padded batch size, sharing static input buffers and a memory pool."""
+    """One CUDA graph per padded batch size; each also takes the greedy argmax on the device.
+
+    A graph of size ``n`` reads its inputs from one packed buffer (tokens, slots, positions:
+    ``3n`` longs), so a step costs a single host-to-device copy before the replay.
+    """
 
     def __init__(self, model: LlamaModel, cache: KVCache, batch_sizes: list[int]):
         self.model, self.cache = model, cache
         self.sizes = sorted(batch_sizes)
-        largest = self.sizes[-1]
         device = model.device
-        self.tokens = torch.zeros(largest, dtype=torch.long, device=device)
-        self.slots = torch.full((largest,), cache.scratch_slot, dtype=torch.long, device=device)
-        self.positions = torch.zeros(largest, dtype=torch.long, device=device)
-        self.host = torch.zeros((3, largest), dtype=torch.long).pin_memory()
+        self.packed: dict[int, torch.Tensor] = {}
+        self.host = torch.zeros(3 * self.sizes[-1], dtype=torch.long).pin_memory()
+        self.host_np = self.host.numpy()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        pool = None
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for size in self.sizes:
+            packed = torch.zeros(3 * size, dtype=torch.long, device=device)
+            packed[size : 2 * size] = cache.scratch_slot
+            self.packed[size] = packed
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up: autotuning and lazy inits stay out of the capture
-                model.decode(cache, self.tokens, self.slots, self.positions)
+            for size in self.sizes:  # warm up: autotuning and lazy inits stay out of the capture
+                self._forward(size)
         torch.cuda.current_stream().wait_stream(stream)
+        pool = None
         for size in reversed(self.sizes):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = model.decode(
-                    cache, self.tokens[:size], self.slots[:size], self.positions[:size]
-                )
+                self.outputs[size] = self._forward(size)
             pool = graph.pool()
             self.graphs[size] = graph
         torch.cuda.synchronize()
 
-    def run(self, tokens: list[int], slots: list[int], positions: list[int]) -> torch.Tensor:
+    def _forward(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.packed[size]
+        logits = self.model.decode(self.cache, p[:size], p[size : 2 * size], p[2 * size :])
+        return logits, logits.argmax(dim=-1)
+
+    def run(self, tokens: list[int], slots: list[int], positions: list[int]):
+        """Returns (logits, greedy ids) of the first ``len(tokens)`` rows."""
         n = len(tokens)
         size = next(s for s in self.sizes if s >= n)
-        host = self.host
-        host[0, :n] = torch.tensor(tokens)
-        host[1, :n] = torch.tensor(slots)
-        host[2, :n] = torch.tensor(positions)
-        host[0, n:size] = 0
-        host[1, n:size] = self.cache.scratch_slot
-        host[2, n:size] = 0
-        self.tokens[:size].copy_(host[0, :size], non_blocking=True)
-        self.slots[:size].copy_(host[1, :size], non_blocking=True)
-        self.positions[:size].copy_(host[2, :size], non_blocking=True)
+        h = self.host_np
+        h[:n] = tokens
+        h[n:size] = 0
+        h[size : size + n] = slots
+        h[size + n : 2 * size] = self.cache.scratch_slot
+        h[2 * size : 2 * size + n] = positions
+        h[2 * size + n : 3 * size] = 0
+        self.packed[size].copy_(self.host[: 3 * size], non_blocking=True)
         self.graphs[size].replay()
-        return self.outputs[size][:n]
+        logits, greedy = self.outputs[size]
+        return logits[:n], greedy[:n]
 
 
 class ModelRunner:
@@ -115,16 +124,18 @@ class ModelRunner:
                 torch.cuda.synchronize()
 
     def decode_logits(self, tokens: list[int], slots: list[int], positions: list[int]):
+        """(logits, greedy ids) for one decode row per sequence."""
         if self.graphs is not None:
             return self.graphs.run(tokens, slots, positions)
         dev = self.device
-        return self.model.decode(
+        logits = self.model.decode(
             self.cache,
             torch.tensor(tokens, device=dev),
             torch.tensor(slots, device=dev),
             torch.tensor(positions, device=dev),
             max_len=max(positions) + 1,
         )
+        return logits, logits.argmax(dim=-1)
 
     @torch.inference_mode()
     def execute(self, step: Step) -> dict[int, int]:
@@ -132,19 +143,26 @@ class ModelRunner:
         owners = []
         if step.decode:
             reqs = step.decode
-            logits = self.decode_logits(
+            logits, greedy = self.decode_logits(
                 [r.output_ids[-1] for r in reqs],
                 [r.slot for r in reqs],
                 [r.context_len - 1 for r in reqs],
             )
+            if not step.prefill and all(r.temperature == 0.0 for r in reqs):
+                # The common decode-only greedy step: the argmax already ran in the graph.
+                return {r.id: t for r, t in zip(reqs, greedy.tolist(), strict=True)}
             rows.append(logits)
             owners.extend(reqs)
-        for req, start, length in step.prefill:
-            chunk = torch.tensor(req.prompt_ids[start : start + length], device=self.device)
-            logits = self.model.prefill(self.cache, chunk, req.slot, start)
-            if start + length >= len(req.prompt_ids):
-                rows.append(logits[None, :])
-                owners.append(req)
+        if step.prefill:
+            chunks = [
+                (torch.tensor(r.prompt_ids[s : s + n], device=self.device), r.slot, s)
+                for r, s, n in step.prefill
+            ]
+            logits = self.model.prefill_many(self.cache, chunks)
+            done = [i for i, (r, s, n) in enumerate(step.prefill) if s + n >= len(r.prompt_ids)]
+            if done:
+                rows.append(logits[done] if len(done) < len(chunks) else logits)
+                owners.extend(step.prefill[i][0] for i in done)
         if not owners:
             return {}
         logits = torch.cat(rows) if len(rows) > 1 else rows[0]
