@@ -1,0 +1,267 @@
+"""The API server itself refuses a bad InferencePool, with a message that says what to fix.
+
+No operator runs here: everything is the CRD's structural schema, defaults and CEL rules, as
+kube-apiserver enforces them. Requests use fieldValidation=Strict, as kubectl does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from carpool_cluster import testing
+from carpool_operator.testing import install_crds
+
+GROUP, VERSION, PLURAL = "carpool.dev", "v1alpha1", "inferencepools"
+
+VALID: dict[str, Any] = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "InferencePool",
+    "metadata": {"name": "pool"},
+    "spec": {
+        "model": {"preset": "tiny"},
+        "worker": {"image": "ghcr.io/example/carpool-worker:0.1.0"},
+        "replicas": {"min": 1, "max": 4},
+        "endpoints": [
+            {
+                "name": "inline-completion",
+                "priority": 100,
+                "sla": {"ttftP95Milliseconds": 300},
+                "batching": {"batchWindowMilliseconds": {"max": 5}},
+            },
+            {"name": "nightly-labeling", "batching": {"maxBatchSize": {"min": 8, "max": 128}}},
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def pools_namespace(api: client.ApiClient) -> Iterator[str]:
+    install_crds(api)
+    name = testing.create_namespace(api, prefix="api")
+    yield name
+    client.CoreV1Api(api).delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def custom(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def _create(custom: client.CustomObjectsApi, namespace: str, body: dict) -> dict:
+    return custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+    )
+
+
+def _refusal(custom: client.CustomObjectsApi, namespace: str, body: dict) -> str:
+    with pytest.raises(client.ApiException) as refused:
+        _create(custom, namespace, body)
+    assert refused.value.status in (400, 422), refused.value.body
+    return json.loads(refused.value.body)["message"]
+
+
+def _spec(change: Callable[[dict], None], name: str = "pool") -> dict:
+    body = copy.deepcopy(VALID)
+    body["metadata"]["name"] = name
+    change(body["spec"])
+    return body
+
+
+def _endpoint(**fields: Any) -> dict:
+    return {"name": "e", **fields}
+
+
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    """A change that sets spec.<path> (dotted; digits index lists) to value."""
+
+    def change(spec: dict) -> None:
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node: Any = spec
+        for key in keys[:-1]:
+            node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+        node[keys[-1]] = value
+
+    return change
+
+
+def _delete(path: str) -> Callable[[dict], None]:
+    def change(spec: dict) -> None:
+        keys = path.split(".")
+        node = spec
+        for key in keys[:-1]:
+            node = node[int(key)] if key.isdigit() else node[key]
+        del node[keys[-1]]
+
+    return change
+
+
+INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
+    ("replicas min above max", _set("replicas", {"min": 5, "max": 2}),
+     ["replicas.min must not exceed replicas.max"]),
+    ("duplicate endpoint names",
+     _set("endpoints", [_endpoint(name="chat"), _endpoint(name="chat")]),
+     ["spec.endpoints[1]", "Duplicate value", "chat"]),
+    ("sla of zero", _set("endpoints.0.sla.ttftP95Milliseconds", 0),
+     ["spec.endpoints[0].sla.ttftP95Milliseconds", "greater than or equal to 1"]),
+    ("negative sla", _set("endpoints.0.sla.ttftP95Milliseconds", -300),
+     ["spec.endpoints[0].sla.ttftP95Milliseconds", "greater than or equal to 1"]),
+    ("batch size bounds inverted",
+     _set("endpoints.1.batching.maxBatchSize", {"min": 64, "max": 8}),
+     ["batching.maxBatchSize.min must not exceed batching.maxBatchSize.max"]),
+    ("batch window bounds inverted",
+     _set("endpoints.1.batching.batchWindowMilliseconds", {"min": 50, "max": 10}),
+     ["batching.batchWindowMilliseconds.min must not exceed batching.batchWindowMilliseconds.max"]),
+    ("window longer than the sla it serves",
+     _set("endpoints.0.batching.batchWindowMilliseconds", {"max": 500}),
+     ["endpoint inline-completion", "must be shorter than the SLA it serves"]),
+    ("window equal to the sla", _set("endpoints.0.batching.batchWindowMilliseconds", {"max": 300}),
+     ["must be shorter than the SLA it serves"]),
+    ("unknown field", _set("worker.imagee", "typo"), ['unknown field "spec.worker.imagee"']),
+    ("too many endpoints", _set("endpoints", [_endpoint(name=f"e{i}") for i in range(17)]),
+     ["spec.endpoints", "must have at most 16 items"]),
+    ("no endpoints", _set("endpoints", []), ["spec.endpoints", "at least 1 items"]),
+    ("endpoint name not a dns label", _set("endpoints.0.name", "Inline_Completion"),
+     ["endpoint name Inline_Completion must be a DNS label"]),
+    ("endpoint name too long", _set("endpoints.0.name", "e" * 64),
+     ["spec.endpoints[0].name", "Too long", "63"]),
+    ("two default endpoints",
+     _set("endpoints", [_endpoint(name="a", default=True), _endpoint(name="b", default=True)]),
+     ["at most one endpoint may set default: true"]),
+    ("unknown scaling mode", _set("scaling.mode", "Turbo"),
+     ["spec.scaling.mode", 'Unsupported value: "Turbo"', '"Auto"', '"Recommend"', '"Manual"']),
+    ("manual replicas without manual mode", _set("scaling.manualReplicas", 2),
+     ["scaling.manualReplicas is only used when scaling.mode is Manual (this pool is Auto)"]),
+    ("manual mode without manual replicas", _set("scaling.mode", "Manual"),
+     ["scaling.mode Manual needs scaling.manualReplicas"]),
+    ("manual replicas above max", _set("scaling", {"mode": "Manual", "manualReplicas": 9}),
+     ["scaling.manualReplicas must not exceed replicas.max"]),
+    ("model with preset and path", _set("model", {"preset": "tiny", "path": "/models/x"}),
+     ["set exactly one of model.preset (tiny, bench-1b, bench-8b) or model.path"]),
+    ("model with neither preset nor path", _set("model", {}),
+     ["set exactly one of model.preset"]),
+    ("unknown preset", _set("model", {"preset": "gpt-9"}),
+     ["spec.model.preset", 'Unsupported value: "gpt-9"', '"bench-1b"']),
+    ("relative model path", _set("model", {"path": "models/llama"}),
+     ["model.path must be an absolute path"]),
+    ("volume without a path",
+     _set("model", {"preset": "tiny", "volume": {"emptyDir": {}}}),
+     ["model.volume is mounted at model.path"]),
+    ("priority above 1000", _set("endpoints.0.priority", 1001),
+     ["spec.endpoints[0].priority", "less than or equal to 1000"]),
+    ("privileged worker port", _set("worker.port", 80),
+     ["spec.worker.port", "greater than or equal to 1024"]),
+    ("worker without an image", _delete("worker.image"), ["spec.worker.image", "Required value"]),
+    ("env overriding POD_IP", _set("worker.env", [{"name": "POD_IP", "value": "0.0.0.0"}]),
+     ["POD_IP is set by the operator"]),
+    ("prometheus url without a scheme", _set("prometheus", {"url": "prometheus:9090"}),
+     ["prometheus.url must be an http:// or https:// URL"]),
+    ("metrics policy other than hold", _set("scaling.onMetricsUnavailable", "ScaleToZero"),
+     ["spec.scaling.onMetricsUnavailable", 'Unsupported value: "ScaleToZero"']),
+    ("profile configmap not a name", _set("scaling.profileConfigMap", "Bad_Name"),
+     ["scaling.profileConfigMap must be a ConfigMap name"]),
+    ("control interval too short", _set("scaling.intervalSeconds", 1),
+     ["spec.scaling.intervalSeconds", "greater than or equal to 5"]),
+    ("queue of length zero", _set("endpoints.0.queue", {"maxLength": 0}),
+     ["spec.endpoints[0].queue.maxLength", "greater than or equal to 1"]),
+    ("replicas min of zero", _set("replicas", {"min": 0, "max": 2}),
+     ["spec.replicas.min", "greater than or equal to 1"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "fragments"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid_pool_is_refused_with_a_message_naming_the_problem(
+    custom, pools_namespace, change, fragments
+):
+    message = _refusal(custom, pools_namespace, _spec(change))
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("name", ["a" * 51, "1st-pool"], ids=["too long", "starts with a digit"])
+def test_pool_name_that_cannot_name_its_objects_is_refused(custom, pools_namespace, name):
+    message = _refusal(custom, pools_namespace, _spec(lambda spec: None, name=name))
+    assert "metadata.name must be a DNS-1035 label of at most 50 characters" in message
+
+
+def test_valid_pool_is_accepted_with_defaults_filled_in(custom, pools_namespace):
+    created = _create(custom, pools_namespace, _spec(lambda spec: None, name="defaults"))
+    spec = created["spec"]
+    assert spec["scaling"] == {
+        "mode": "Auto",
+        "intervalSeconds": 15,
+        "scaleDownStabilizationSeconds": 300,
+        "maxScaleUpStep": 4,
+        "onMetricsUnavailable": "Hold",
+        "profileConfigMap": "",
+    }
+    assert spec["worker"]["port"] == 8000
+    nightly = spec["endpoints"][1]
+    assert nightly["priority"] == 0 and nightly["default"] is False
+    assert nightly["batching"]["batchWindowMilliseconds"] == {"min": 0, "max": 5}
+    assert nightly["queue"] == {"maxWaitMilliseconds": 2000, "maxLength": 256}
+
+
+def _kubectl(cluster, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+    return subprocess.run(
+        [str(cluster.kubectl), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_kubectl_scale_on_an_auto_pool_is_refused_with_the_reason(cluster, custom, pools_namespace):
+    _create(custom, pools_namespace, _spec(lambda spec: None, name="auto-scaled"))
+    result = _kubectl(
+        cluster, "scale", "-n", pools_namespace, "inferencepools.carpool.dev/auto-scaled",
+        "--replicas=3",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "only used when scaling.mode is Manual" in result.stderr
+    assert "kubectl scale works only on Manual pools" in result.stderr
+
+
+def test_kubectl_scale_on_a_manual_pool_sets_manual_replicas(cluster, custom, pools_namespace):
+    manual = _set("scaling", {"mode": "Manual", "manualReplicas": 1})
+    _create(custom, pools_namespace, _spec(manual, name="manual-scaled"))
+    result = _kubectl(
+        cluster, "scale", "-n", pools_namespace, "cpool/manual-scaled", "--replicas=3"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pool = custom.get_namespaced_custom_object(
+        GROUP, VERSION, pools_namespace, PLURAL, "manual-scaled"
+    )
+    assert pool["spec"]["scaling"]["manualReplicas"] == 3
+
+
+def test_kubectl_scale_past_max_is_refused(cluster, custom, pools_namespace):
+    manual = _set("scaling", {"mode": "Manual", "manualReplicas": 1})
+    _create(custom, pools_namespace, _spec(manual, name="manual-capped"))
+    result = _kubectl(
+        cluster, "scale", "-n", pools_namespace, "cpool/manual-capped", "--replicas=9"
+    )
+    assert result.returncode != 0
+    assert "scaling.manualReplicas must not exceed replicas.max" in result.stderr
+
+
+def test_kubectl_get_shows_the_columns_an_sre_wants(cluster, custom, pools_namespace):
+    _create(custom, pools_namespace, _spec(lambda spec: None, name="columns"))
+    result = _kubectl(cluster, "get", "inferencepools.carpool.dev", "-n", pools_namespace)
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["NAME", "MODE", "READY", "DESIRED", "WORST-P95/SLA", "STATUS", "AGE"]
+
+
+def test_status_is_a_subresource_that_spec_writers_cannot_set(custom, pools_namespace):
+    body = _spec(lambda spec: None, name="status-guarded")
+    body["status"] = {"readyReplicas": 99}
+    created = _create(custom, pools_namespace, body)
+    assert "readyReplicas" not in (created.get("status") or {})
