@@ -223,3 +223,20 @@ def test_malformed_limits_get_400_naming_the_field(client, doc, field):
 def test_limits_with_bad_json_get_400(client):
     r = client.put("/admin/limits", content=b"{nope", headers=AUTH)
     assert r.status_code == 400
+
+
+def test_endpoint_with_a_full_queue_answers_429_with_retry_after(server, client):
+    doc = server.worker.engine.limits.as_dict()
+    doc["version"] += 1
+    doc["endpoints"]["closed"] = {
+        "priority": 0,
+        "maxBatchSize": 1,
+        "batchWindowMilliseconds": 0,
+        "maxQueueWaitMilliseconds": 1000,
+        "maxQueueLength": 0,
+    }
+    assert client.put("/admin/limits", json=doc, headers=AUTH).status_code == 200
+    r = client.post("/v1/completions", json=OK, headers={"X-Carpool-Endpoint": "closed"})
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert "maxQueueLength" in r.json()["error"]["message"]

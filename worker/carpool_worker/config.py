@@ -9,7 +9,7 @@ Llama-3.2-1B shape and ``bench-8b`` with the Llama-3.1-8B shape for benchmarks a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -179,8 +179,3 @@ def resolve_model_config(spec: str) -> ModelConfig:
     if not any(a in ("LlamaForCausalLM", "MistralForCausalLM") for a in archs):
         raise ModelSpecError(f"unsupported architecture {archs!r}: a Llama-family model expected")
     return config_from_hf(data, name=directory.name, checkpoint_dir=directory)
-
-
-def with_context(config: ModelConfig, max_context: int) -> ModelConfig:
-    """The same model, its usable context clipped to what the KV cache will hold."""
-    return replace(config, max_position_embeddings=min(config.max_position_embeddings, max_context))

@@ -13,60 +13,17 @@ kernels (see ``kernels.py``) while the CPU and the tests use the plain torch ref
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .kv_cache import KVCache
+from .rope import rope_inverse_frequencies
 from .torch_ops import TorchOps
 
-
-class KVCache:
-    """Keys and values for ``num_slots`` sequences of up to ``max_seq_len`` tokens each.
-
-    One extra slot (index ``num_slots``) is scratch space: padded rows of a captured decode
-    batch write there, so padding never touches a live sequence.
-    """
-
-    def __init__(self, config: ModelConfig, num_slots: int, max_seq_len: int, device, dtype):
-        shape = (
-            config.num_layers,
-            num_slots + 1,
-            max_seq_len,
-            config.num_kv_heads,
-            config.head_dim,
-        )
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.num_slots = num_slots
-        self.max_seq_len = max_seq_len
-        self.scratch_slot = num_slots
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
-
-
-def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    scaling = config.rope_scaling
-    if scaling is None:
-        return inv_freq.float()
-    # Llama 3: long wavelengths are stretched by `factor`, short ones kept, a smooth ramp between.
-    old = scaling.original_max_position_embeddings
-    low_wavelen = old / scaling.low_freq_factor
-    high_wavelen = old / scaling.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-    smooth = (old / wavelen - scaling.low_freq_factor) / (
-        scaling.high_freq_factor - scaling.low_freq_factor
-    )
-    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return torch.where(medium, smoothed, scaled).float()
+__all__ = ["KVCache", "LlamaModel", "load_model"]
 
 
 class LlamaModel:
