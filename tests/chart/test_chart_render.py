@@ -62,7 +62,7 @@ def test_operator_runs_two_replicas_that_share_one_peering(rendered: Render) -> 
     docs = rendered()
     deployment = one(docs, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    peering = one(docs, "ClusterKopfPeering")
+    (peering, *_) = [d for d in docs if d["kind"] == "ClusterKopfPeering"]
     assert deployment["spec"]["replicas"] == 2
     assert f"--peering={peering['metadata']['name']}" in args
     assert "--standalone" not in args
@@ -94,9 +94,27 @@ def test_operator_probes_and_scrape_annotations_use_its_ports(rendered: Render) 
 def test_watch_namespaces_become_flags_and_namespaced_peerings(rendered: Render) -> None:
     docs = rendered("--set", "operator.watchNamespaces={ml,tenant-*}")
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    peerings = [d for d in docs if d["kind"].endswith("KopfPeering")]
+    peerings = [
+        (p["kind"], p["metadata"]["namespace"])
+        for p in docs
+        if p["kind"].endswith("KopfPeering")
+        and p["metadata"]["annotations"]["helm.sh/hook"] == "pre-install"
+    ]
     assert {"--namespace=ml", "--namespace=tenant-*"} <= set(args)
-    assert [(p["kind"], p["metadata"]["namespace"]) for p in peerings] == [("KopfPeering", "ml")]
+    assert peerings == [("KopfPeering", "ml")]
+
+
+def test_peering_exists_before_the_operator_and_goes_on_uninstall(rendered: Render) -> None:
+    hooks = {
+        d["metadata"]["annotations"]["helm.sh/hook"]: d["metadata"]["annotations"]
+        for d in rendered()
+        if d["kind"] == "ClusterKopfPeering"
+    }
+    assert set(hooks) == {"pre-install", "pre-delete"}
+    assert "hook-succeeded" not in hooks["pre-install"]["helm.sh/hook-delete-policy"]
+    assert (
+        hooks["pre-delete"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    )
 
 
 def test_single_replica_has_no_disruption_budget(rendered: Render) -> None:
@@ -158,3 +176,16 @@ def test_values_schema_refuses_a_wrong_value(
     result = template("--set", "operator.logLevel=LOUD", check=False)
     assert result.returncode != 0
     assert "logLevel" in result.stderr
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_observability_doc_lists_every_dashboard_and_alert_expression(rules_file: Path) -> None:
+    doc = _squash((ROOT / "docs" / "observability.md").read_text())
+    dashboard = json.loads((CHART / "files" / "dashboards" / "carpool.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    groups = yaml.safe_load(rules_file.read_text())["groups"]
+    exprs += [r["expr"] for g in groups for r in g["rules"]]
+    assert [e for e in exprs if _squash(e) not in doc] == []

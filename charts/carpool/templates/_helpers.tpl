@@ -80,3 +80,36 @@ Call with (list $ "Kind" "values.path"). */}}
 {{- printf "%s#%s" . (index $ 1 | lower) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The kopf peering objects of the release, as Helm hooks: one ClusterKopfPeering, or one
+KopfPeering per watched namespace that is not a glob. Call with (list $ "hook" "delete-policy"). */}}
+{{- define "carpool.peerings" -}}
+{{- $root := index . 0 -}}
+{{- $hook := index . 1 -}}
+{{- $policy := index . 2 -}}
+{{- $namespaces := list "" -}}
+{{- if $root.Values.operator.watchNamespaces -}}
+{{- $namespaces = list -}}
+{{- range $root.Values.operator.watchNamespaces -}}
+{{- if not (regexMatch "[*?\\[!]" .) -}}
+{{- $namespaces = append $namespaces . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $namespaces }}
+---
+apiVersion: kopf.dev/v1
+kind: {{ if . }}KopfPeering{{ else }}ClusterKopfPeering{{ end }}
+metadata:
+  name: {{ include "carpool.peeringName" $root }}
+  {{- with . }}
+  namespace: {{ . }}
+  {{- end }}
+  labels:
+    {{- include "carpool.operator.labels" $root | nindent 4 }}
+  annotations:
+    helm.sh/hook: {{ $hook }}
+    helm.sh/hook-weight: "-5"
+    helm.sh/hook-delete-policy: {{ $policy }}
+{{- end }}
+{{- end -}}
