@@ -110,7 +110,18 @@ class _Run:
 
     def apply(self, kind: str, desired: Obj, live: Obj | None) -> Obj:
         try:
-            after = self.kube.apply(desired)
+            try:
+                after = self.kube.apply(desired)
+            except ApiException as error:
+                if error.status != 422 or live is None:
+                    raise
+                # Someone's list entry clashes with ours (say, a Service port renumbered with
+                # kubectl edit: apply would keep both, with one name twice). Take the object's
+                # lists back whole with a merge patch, then apply again to own the fields.
+                meta = desired["metadata"]
+                body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+                self.kube.merge_patch(kind, meta["namespace"], meta["name"], body)
+                after = self.kube.apply(desired)
         except ApiException as error:
             metrics.count_error(kind)
             raise ReconcileError(
@@ -295,10 +306,12 @@ def on_owned_object(kube: Kube, obj: Obj, deleted: bool, trigger: str) -> None:
     if deleted or not drift.contains(obj, desired):
         reconcile(kube, pool, trigger)
     elif kind == "Deployment":
-        generation = (pool.get("status") or {}).get("observedGeneration", 0)
 
-        def mutate(current: Obj) -> Obj:
+        def mutate(current: Obj) -> Obj | None:
             status = current.get("status") or {}
+            if "observedGeneration" not in status:
+                return None  # the first reconcile has not run yet; it sets all of status
+            generation = status["observedGeneration"]
             return deployment_status(current["spec"], status, obj, generation, now_rfc3339())
 
         kube.update_pool_status(meta["namespace"], pool_name, mutate)
