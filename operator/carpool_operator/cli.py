@@ -1,4 +1,5 @@
-"""``carpool operator [OPTIONS]``: run the InferencePool operator until SIGINT/SIGTERM.
+"""``carpool operator [OPTIONS]``: run the InferencePool operator until SIGINT/SIGTERM (kopf
+handles both: it stops the handlers and leaves the peering before exiting).
 
 Contract: `main(argv) -> int` loads credentials (in-cluster, else $KUBECONFIG), creates kopf's
 peering object if it is missing (unless --standalone), serves the operator's Prometheus metrics
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 import kopf
@@ -27,10 +27,6 @@ async def _run(config: settings.OperatorConfig, client: kube.Kube) -> None:
     handlers.register(registry, config)
     operator_settings = kopf.OperatorSettings()
     settings.configure(operator_settings, config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await kopf.operator(
         registry=registry,
         settings=operator_settings,
@@ -41,7 +37,6 @@ async def _run(config: settings.OperatorConfig, client: kube.Kube) -> None:
         peering_name=None if config.standalone else config.peering_name,
         liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",
         memo=kopf.Memo(kube=client, config=config),
-        stop_flag=stop,
     )
 
 
