@@ -50,7 +50,7 @@ real Prometheus. docs/observability.md explains each alert. */}}
   rules:
     - alert: CarpoolPoolMetricsUnavailable
       expr: |
-        max by (namespace, pool) (carpool_pool_status_condition{type="MetricsAvailable", status="False"}) == 1
+        max by (namespace, pool) (carpool_pool_metrics_available) == 0
       for: {{ $rules.metricsUnavailableFor }}
       labels:
         severity: warning
@@ -60,7 +60,7 @@ real Prometheus. docs/observability.md explains each alert. */}}
       annotations:
         summary: The operator cannot read pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}'s metrics; it holds replicas and limits.
         description: >-
-          The operator has reported MetricsAvailable=False for pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}
+          The operator's control loop has had no fresh metrics for pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}
           for {{ $rules.metricsUnavailableFor }}: Prometheus is unreachable or the workers' series are missing or stale.
           The pool keeps its current replicas and batch limits until metrics return, so it does
           not follow its load. `kubectl describe inferencepool` shows the condition's message.
@@ -86,7 +86,7 @@ real Prometheus. docs/observability.md explains each alert. */}}
         {{- end }}
     - alert: CarpoolPoolMetricsAbsent
       expr: |
-        max by (namespace, pool) (carpool_pool_ready_replicas) > 0
+        max by (namespace, pool) (carpool_pool_replicas{state="ready"}) > 0
         unless on (namespace, pool)
         count by (namespace, pool) (up{pool!=""} == 1)
       for: {{ $rules.workerMetricsMissingFor }}
@@ -106,7 +106,7 @@ real Prometheus. docs/observability.md explains each alert. */}}
         {{- end }}
     - alert: CarpoolPoolCapacityLimited
       expr: |
-        max by (namespace, pool) (carpool_pool_status_condition{type="CapacityLimited", status="True"}) == 1
+        max by (namespace, pool) (carpool_pool_capacity_limited) == 1
       for: {{ $rules.capacityLimitedFor }}
       labels:
         severity: warning
@@ -140,6 +140,23 @@ real Prometheus. docs/observability.md explains each alert. */}}
           ({{`{{ $value | printf "%.3g" }}`}} per second). The pools' Reconciled condition and Warning
           Events say which objects the API server refused and why.
         {{- with include "carpool.runbook" (list $ "CarpoolOperatorReconcileErrors") }}
+        runbook_url: {{ . }}
+        {{- end }}
+    - alert: CarpoolControlLoopErrors
+      expr: |
+        sum by (namespace, pool) (rate(carpool_control_errors_total[5m])) > 0
+      for: {{ $rules.reconcileErrorsFor }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: The control loop of pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}} keeps failing.
+        description: >-
+          Control-loop steps for the pool have failed for {{ $rules.reconcileErrorsFor }}, so it is neither
+          scaled nor retuned. The operator's log and the pool's Warning Events say why.
+        {{- with include "carpool.runbook" (list $ "CarpoolControlLoopErrors") }}
         runbook_url: {{ . }}
         {{- end }}
 {{- end -}}
