@@ -49,6 +49,9 @@ def load(state_dir: Path) -> ClusterState | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(ClusterState)}
+    if not known.issuperset(data):  # written by another carpool version: nothing to manage
+        return None
     data["processes"] = {
         k: processes.ProcessRecord.from_dict(v) for k, v in data["processes"].items()
     }

@@ -74,6 +74,8 @@ def scrape_config(state: ClusterState, rule_files: list[str] | None = None) -> d
                 "job_name": "carpool-pods",
                 "kubernetes_sd_configs": [sd],
                 "relabel_configs": relabel,
+                # The operator labels its series with the pool they describe (namespace, pool).
+                "honor_labels": True,
                 # Targets that do not name their format are read as the classic text format.
                 "fallback_scrape_protocol": "PrometheusText0.0.4",
             },

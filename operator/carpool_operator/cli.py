@@ -17,7 +17,7 @@ import sys
 import kopf
 from kubernetes.client import ApiException
 
-from carpool_operator import handlers, kube, metrics, settings
+from carpool_operator import control_handlers, handlers, kube, metrics, settings
 
 log = logging.getLogger("carpool.operator")
 
@@ -25,6 +25,7 @@ log = logging.getLogger("carpool.operator")
 async def _run(config: settings.OperatorConfig, client: kube.Kube) -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, config)
+    control_handlers.register(registry, config)
     operator_settings = kopf.OperatorSettings()
     settings.configure(operator_settings, config)
     await kopf.operator(

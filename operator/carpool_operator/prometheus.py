@@ -73,10 +73,11 @@ def fetch_pool_metrics(
     url: str, window: str = "1m", timeout_seconds: float = 5.0
 ) -> dict[tuple[str, str], PoolMetrics]:
     connection = PrometheusConnect(url=url, disable_ssl=True)
+    timeout = f"{int(timeout_seconds)}s"
     fields: dict[tuple[str, str, str], dict[str, float | None]] = {}
     for name, promql in queries(window).items():
         try:
-            samples = connection.custom_query(promql, params={"timeout": f"{timeout_seconds}s"})
+            samples = connection.custom_query(promql, params={"timeout": timeout})
         except (PrometheusApiClientException, RequestException, ValueError) as error:
             raise MetricsUnavailable(f"query for {name.strip('_')} failed: {error}") from error
         for sample in samples:

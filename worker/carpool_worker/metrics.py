@@ -92,6 +92,23 @@ class WorkerMetrics:
                 self.batch_limit.labels(name, limit).set(value)
             for outcome in OUTCOMES:  # every series exists from the start: rate() needs a zero
                 self.requests.labels(name, outcome)
+            # An endpoint with no traffic yet must read as zero, not as a missing series: the
+            # operator never scales down on missing data.
+            for per_endpoint in (
+                self.queue_wait,
+                self.ttft,
+                self.inter_token,
+                self.duration,
+                self.generated_tokens,
+                self.prompt_tokens,
+            ):
+                per_endpoint.labels(name)
+            for name_gauge in (self.waiting, self.running):
+                name_gauge.labels(name)
+        for name in self._limit_endpoints - set(doc.endpoints):
+            # A dropped endpoint has nothing waiting or running any more.
+            for name_gauge in (self.waiting, self.running):
+                name_gauge.labels(name).set(0)
         self._limit_endpoints = set(doc.endpoints)
         self.limits_version.set(doc.version)
 

@@ -1,0 +1,246 @@
+"""Replay a request schedule against a pool's ready worker pods and record what clients saw.
+
+Contract: ``schedule_from_trace(...)`` turns a slice of an Azure-format trace
+(``TIMESTAMP,ContextTokens,GeneratedTokens``) into arrivals scaled for a small model, with an
+optional burst; ``poisson(...)`` makes a steady stream. ``replay(schedule, directory, ...)``
+sends each arrival at its time (open loop: a slow pool does not slow the arrivals), streams
+the completion and records arrival, first-token and end times and the HTTP status, bounded by
+``deadline_seconds``. ``PodDirectory`` finds the ready pods through the API server (there is
+no kube-proxy locally, so the client balances: least outstanding requests first; a refused
+connection is retried once on another pod).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import dataclasses
+import datetime
+import random
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+from kubernetes import client
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrival:
+    at_seconds: float
+    endpoint: str
+    prompt_tokens: int
+    max_tokens: int
+
+
+@dataclasses.dataclass
+class Outcome:
+    arrival: Arrival
+    sent_at: float
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    status: int = 0
+    pod: str = ""
+
+    @property
+    def ttft_seconds(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.sent_at
+
+
+def _parse_time(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.strip().replace(" ", "T")[:26]).timestamp()
+
+
+def schedule_from_trace(
+    path: Path,
+    endpoint: str,
+    *,
+    start_seconds: float,
+    duration_seconds: float,
+    rate_multiplier: float = 1.0,
+    token_divisor: float = 32.0,
+    max_prompt_tokens: int = 96,
+    max_output_tokens: int = 16,
+    burst: tuple[float, float, float] | None = None,
+    seed: int = 0,
+) -> list[Arrival]:
+    """Arrivals of ``[start, start + duration)`` of the trace, thinned or repeated to
+    ``rate_multiplier``; ``burst = (from, to, factor)`` multiplies the rate in that span."""
+    rng = random.Random(seed)
+    with path.open() as handle:
+        rows = [
+            (_parse_time(r["TIMESTAMP"]), int(r["ContextTokens"]), int(r["GeneratedTokens"]))
+            for r in csv.DictReader(handle)
+        ]
+    origin = rows[0][0] + start_seconds
+    arrivals = []
+    for stamp, context, generated in rows:
+        offset = stamp - origin
+        if not 0 <= offset < duration_seconds:
+            continue
+        factor = rate_multiplier
+        if burst and burst[0] <= offset < burst[1]:
+            factor *= burst[2]
+        copies = int(factor) + (1 if rng.random() < factor - int(factor) else 0)
+        for _ in range(copies):
+            arrivals.append(
+                Arrival(
+                    at_seconds=offset + rng.random() * 0.05,
+                    endpoint=endpoint,
+                    prompt_tokens=max(4, min(max_prompt_tokens, round(context / token_divisor))),
+                    max_tokens=max(1, min(max_output_tokens, generated)),
+                )
+            )
+    return sorted(arrivals, key=lambda a: a.at_seconds)
+
+
+def poisson(
+    endpoint: str,
+    rate_per_second: float,
+    duration_seconds: float,
+    *,
+    prompt_tokens: int,
+    max_tokens: int,
+    seed: int = 1,
+) -> list[Arrival]:
+    rng = random.Random(seed)
+    arrivals, now = [], 0.0
+    while True:
+        now += rng.expovariate(rate_per_second)
+        if now >= duration_seconds:
+            return arrivals
+        arrivals.append(Arrival(now, endpoint, prompt_tokens, max_tokens))
+
+
+class PodDirectory:
+    """Ready pod addresses of a label selector, refreshed in the background every second.
+
+    EndpointSlices would be the usual source, but the API server refuses loopback addresses
+    in them, and local pods live on loopback: so ask for the pods themselves.
+    """
+
+    def __init__(self, api: client.ApiClient, namespace: str, selector: str, port: int):
+        self._core = client.CoreV1Api(api)
+        self.namespace, self.selector, self.port = namespace, selector, port
+        self.addresses: dict[str, str] = {}  # pod name -> "ip:port"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def refresh(self) -> None:
+        found = {}
+        for pod in self._core.list_namespaced_pod(
+            self.namespace, label_selector=self.selector
+        ).items:
+            ready = any(
+                c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+            )
+            if ready and pod.status.pod_ip and pod.metadata.deletion_timestamp is None:
+                found[pod.metadata.name] = f"{pod.status.pod_ip}:{self.port}"
+        self.addresses = found
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            # Keep the last known set while the API server is busy.
+            with contextlib.suppress(Exception):
+                self.refresh()
+
+    def __enter__(self) -> PodDirectory:
+        self.refresh()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+
+
+def _prompt(length: int, rng: random.Random) -> list[int]:
+    return [rng.randrange(1, 250) for _ in range(length)]
+
+
+async def _send(
+    http: httpx.AsyncClient,
+    directory: PodDirectory,
+    outstanding: dict[str, int],
+    arrival: Arrival,
+    origin: float,
+    rng: random.Random,
+) -> Outcome:
+    outcome = Outcome(arrival, sent_at=time.monotonic() - origin)
+    body = {
+        "prompt": _prompt(arrival.prompt_tokens, rng),
+        "max_tokens": arrival.max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    tried: set[str] = set()
+    for _attempt in range(2):
+        candidates = {p: a for p, a in directory.addresses.items() if p not in tried}
+        if not candidates:
+            break
+        pod = min(candidates, key=lambda p: outstanding.get(p, 0))
+        tried.add(pod)
+        outstanding[pod] = outstanding.get(pod, 0) + 1
+        try:
+            async with http.stream(
+                "POST",
+                f"http://{candidates[pod]}/v1/completions",
+                json=body,
+                headers={"X-Carpool-Endpoint": arrival.endpoint},
+            ) as response:
+                outcome.status, outcome.pod = response.status_code, pod
+                async for line in response.aiter_lines():
+                    if line.startswith("data:") and outcome.first_token_at is None:
+                        outcome.first_token_at = time.monotonic() - origin
+                outcome.finished_at = time.monotonic() - origin
+                return outcome
+        except httpx.ConnectError:
+            continue  # the pod went away between refreshes: try another one
+        except httpx.HTTPError:
+            outcome.status = -1
+            return outcome
+        finally:
+            outstanding[pod] -= 1
+    outcome.status = -1
+    return outcome
+
+
+async def _replay(
+    schedule: Iterable[Arrival],
+    directory: PodDirectory,
+    deadline_seconds: float,
+    on_outcome,
+) -> list[Outcome]:
+    rng = random.Random(7)
+    outstanding: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    timeout = httpx.Timeout(deadline_seconds, connect=2.0)
+    origin = time.monotonic()
+    tasks = []
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        for arrival in schedule:
+            delay = arrival.at_seconds - (time.monotonic() - origin)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.monotonic() - origin > deadline_seconds:
+                break
+            task = asyncio.create_task(_send(http, directory, outstanding, arrival, origin, rng))
+            if on_outcome is not None:
+                task.add_done_callback(lambda t: t.cancelled() or on_outcome(t.result()))
+            tasks.append(task)
+        remaining = max(1.0, deadline_seconds - (time.monotonic() - origin))
+        done, pending = await asyncio.wait(tasks, timeout=remaining) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+    return [t.result() for t in done]
+
+
+def replay(
+    schedule: Iterable[Arrival],
+    directory: PodDirectory,
+    deadline_seconds: float,
+    on_outcome=None,
+) -> list[Outcome]:
+    """Blocking: replay ``schedule`` and return the outcomes of requests that finished."""
+    return asyncio.run(_replay(schedule, directory, deadline_seconds, on_outcome))

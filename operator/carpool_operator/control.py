@@ -1,0 +1,216 @@
+"""The control loop's one step for one pool: observe → ``carpool_policy.decide`` → apply.
+
+Contract: ``control_step(kube, pool, cache, now)`` reads the pool's worker Deployment and pods,
+takes the pool's signals from ``cache`` (one batched PromQL read shared by every pool, see
+``MetricsCache``), calls ``decide`` with the policy state kept in the pool's status, and then,
+by ``spec.scaling.mode``:
+
+- ``Auto``: writes the worker count (the scaler's own field manager) and the batch limits
+  (status → limits ConfigMap through ``reconcile`` → pushed to each ready pod's admin API);
+- ``Recommend``: changes nothing, reports the recommendation in status and Events;
+- ``Manual``: does nothing (``reconcile`` applies ``manualReplicas``).
+
+Status always gets the per-endpoint signals, the conditions, the policy state and the last
+decision; an Event says why, with numbers, whenever replicas or limits change (or would, in
+Recommend). Missing or stale metrics reach ``decide`` as such: it holds and says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from carpool_operator import conditions, control_metrics, limits, names, push, reconcile
+from carpool_operator.builders import build_replicas
+from carpool_operator.kube import Kube, now_rfc3339
+from carpool_operator.observe import build_observation
+from carpool_operator.prometheus import MetricsUnavailable, PoolMetrics, fetch_pool_metrics
+from carpool_policy import Decision, PolicyState, PoolSpec, Profile, ProfileError, decide
+
+Obj = dict[str, Any]
+
+
+class MetricsCache:
+    """One PromQL batch per Prometheus per ``max_age_seconds``, shared by all pools' timers."""
+
+    def __init__(self, window: str = "1m", max_age_seconds: float = 2.0):
+        self.window, self.max_age_seconds = window, max_age_seconds
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, dict | None, str | None]] = {}
+
+    def get(self, url: str, pool_key: tuple[str, str]) -> tuple[PoolMetrics | None, str | None]:
+        with self._lock:
+            fetched_at, pools, error = self._entries.get(url, (0.0, None, None))
+            if time.monotonic() - fetched_at > self.max_age_seconds:
+                try:
+                    pools, error = fetch_pool_metrics(url, self.window), None
+                except MetricsUnavailable as failure:
+                    pools, error = None, str(failure)
+                self._entries[url] = (time.monotonic(), pools, error)
+        return (pools or {}).get(pool_key), error
+
+
+@dataclasses.dataclass
+class StepResult:
+    decision: Decision | None
+    pushed: list[push.PushResult]
+
+
+def _profile(kube: Kube, pool: Obj, spec: PoolSpec) -> Profile | None:
+    name = spec.scaling.profile_config_map
+    if not name:
+        return None
+    config_map = kube.get("ConfigMap", pool["metadata"]["namespace"], name)
+    text = ((config_map or {}).get("data") or {}).get("profile.json")
+    if not text:
+        return None
+    try:
+        import json
+
+        return Profile.from_dict(json.loads(text))
+    except (ValueError, ProfileError):
+        return None
+
+
+def _admin_token(kube: Kube, namespace: str, pool_name: str) -> str | None:
+    secret = kube.get("Secret", namespace, names.admin_secret_name(pool_name))
+    encoded = ((secret or {}).get("data") or {}).get(names.ADMIN_TOKEN_KEY)
+    return base64.b64decode(encoded).decode() if encoded else None
+
+
+def _milliseconds(seconds: float | None) -> int | None:
+    return None if seconds is None else int(round(seconds * 1000))
+
+
+def _endpoint_status(spec: PoolSpec, decision: Decision, observation, applied: bool) -> list:
+    rows = []
+    for endpoint in spec.endpoints:
+        seen = observation.endpoints.get(endpoint.name)
+        in_force = (decision.limits if applied else observation.limits).get(endpoint.name)
+        row: dict[str, Any] = {"name": endpoint.name}
+        if seen is not None and seen.arrival_rate_per_second is not None:
+            row["arrivalRatePerSecond"] = f"{seen.arrival_rate_per_second:.2f}"
+        if seen is not None:
+            for key, value in (
+                ("queueDelayP95Milliseconds", seen.queue_wait_p95_seconds),
+                ("ttftP95Milliseconds", seen.ttft_p95_seconds),
+            ):
+                if value is not None:
+                    row[key] = _milliseconds(value)
+        if in_force is not None:
+            row.update(in_force.to_dict())
+        if endpoint.has_sla and seen is not None and seen.ttft_p95_seconds is not None:
+            row["slaMet"] = seen.ttft_p95_seconds <= endpoint.ttft_p95_seconds
+        rows.append(row)
+    return rows
+
+
+def _status_mutation(
+    pool: Obj, spec: PoolSpec, observation, decision: Decision, mode: str, applied_limits: bool
+):
+    generation = pool["metadata"].get("generation")
+    now = now_rfc3339()
+
+    def mutate(live: Obj) -> Obj:
+        status = dict(live.get("status") or {})
+        status["endpoints"] = _endpoint_status(spec, decision, observation, applied_limits)
+        if mode == "Recommend":
+            status["desiredReplicas"] = decision.recommended_replicas
+        elif mode == "Auto":
+            status["desiredReplicas"] = decision.replicas
+        current = status.get("conditions") or []
+        for condition in decision.conditions:
+            current = conditions.set_condition(
+                current,
+                conditions.Condition(
+                    condition.type, condition.status, condition.reason, condition.message
+                ),
+                generation,
+                now,
+            )
+        status["conditions"] = current
+        status["policyState"] = decision.state.to_dict()
+        status["lastDecision"] = {
+            "time": now,
+            "reason": decision.reason[:1024],
+            "recommendedReplicas": decision.recommended_replicas,
+        }
+        return status
+
+    return mutate
+
+
+def _event_reason(decision: Decision, current_replicas: int, mode: str) -> str:
+    if mode == "Recommend":
+        return "Recommended"
+    if decision.replicas > current_replicas:
+        return "ScaledUp"
+    if decision.replicas < current_replicas:
+        return "ScaledDown"
+    return "Retuned"
+
+
+def control_step(
+    kube: Kube, pool: Obj, cache: MetricsCache, prometheus_url: str, now: float | None = None
+) -> StepResult:
+    now = time.time() if now is None else now
+    meta = pool["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    spec = PoolSpec.from_crd(pool["spec"])
+    mode = spec.scaling.mode
+    if mode == "Manual":
+        return StepResult(None, [])
+    deployment = kube.get("Deployment", namespace, names.deployment_name(name))
+    if deployment is None:  # reconcile has not created it yet
+        return StepResult(None, [])
+    pods = kube.list("Pod", namespace, label_selector=names.selector_string(name))
+    url = ((pool["spec"].get("prometheus") or {}).get("url")) or prometheus_url
+    metrics, error = cache.get(url, (namespace, name)) if url else (None, "no Prometheus URL")
+    observation = build_observation(pool, deployment, pods, metrics, error)
+    state = PolicyState.from_dict((pool.get("status") or {}).get("policyState") or {})
+    decision = decide(observation, spec, state, now, _profile(kube, pool, spec))
+
+    apply = mode == "Auto"
+    replicas_changed = apply and decision.replicas != observation.desired_replicas
+    limits_changed = apply and dict(decision.limits) != dict(observation.limits)
+    if replicas_changed:
+        kube.apply(build_replicas(pool, decision.replicas), manager=names.SCALER_FIELD_MANAGER)
+    kube.update_pool_status(
+        namespace,
+        name,
+        _status_mutation(pool, spec, observation, decision, mode, applied_limits=apply),
+    )
+    pushed: list[push.PushResult] = []
+    if limits_changed:
+        pushed = _apply_limits(kube, namespace, name, pods)
+    would_change = decision.recommended_replicas != observation.desired_replicas
+    if replicas_changed or limits_changed or (mode == "Recommend" and would_change):
+        reason = _event_reason(decision, observation.desired_replicas, mode)
+        kube.post_event(pool, "Normal", reason, decision.reason)
+    control_metrics.record(
+        namespace, name, spec, observation, decision, replicas_changed, limits_changed
+    )
+    return StepResult(decision, pushed)
+
+
+def _apply_limits(kube: Kube, namespace: str, name: str, pods) -> list[push.PushResult]:
+    """Status now holds the new limits: re-render the ConfigMap, then push to ready pods."""
+    fresh = kube.get("InferencePool", namespace, name)
+    if fresh is None:
+        return []
+    reconcile.reconcile(kube, fresh, "control")
+    config_map = kube.get("ConfigMap", namespace, names.limits_configmap_name(name))
+    document = limits.parse(((config_map or {}).get("data") or {}).get(names.LIMITS_KEY))
+    token = _admin_token(kube, namespace, name)
+    if document is None or token is None:
+        return []
+    port = int(((fresh["spec"].get("worker") or {}).get("port")) or 8000)
+    return push.push_limits(pods, port, token, document)
+
+
+def worker_port(pool: Mapping[str, Any]) -> int:
+    return int(((pool.get("spec") or {}).get("worker") or {}).get("port") or 8000)

@@ -1,0 +1,55 @@
+"""kopf wiring of the control loop: one daemon per InferencePool, at the pool's own interval.
+
+Contract: ``register(registry, config)`` adds a daemon that, while a pool exists and this
+operator replica is the active peer, runs ``control.control_step`` off the event loop every
+``spec.scaling.intervalSeconds`` (re-read each round, so a spec change takes effect at the next
+step). A failing step is logged, counted in ``carpool_control_errors_total`` and retried at
+the next interval: it never stops the loop. All pools share one ``MetricsCache``, so their
+PromQL is one batch per Prometheus per round. ``CARPOOL_RATE_WINDOW`` (default ``1m``) is the
+PromQL rate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import kopf
+
+from carpool_operator import control, control_metrics, names
+from carpool_operator.settings import OperatorConfig
+
+POOLS = (names.GROUP, names.VERSION, names.PLURAL)
+DEFAULT_INTERVAL_SECONDS = 15.0
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    cache = control.MetricsCache(window=os.environ.get("CARPOOL_RATE_WINDOW", "1m"))
+
+    @kopf.daemon(*POOLS, registry=registry, id="control", cancellation_timeout=10)
+    async def control_loop(
+        name: str,
+        namespace: str,
+        memo: Any,
+        stopped: kopf.DaemonStopped,
+        logger: Any,
+        **_: Any,
+    ) -> None:
+        while not stopped:
+            interval = DEFAULT_INTERVAL_SECONDS
+            try:
+                pool = await asyncio.to_thread(memo.kube.get, "InferencePool", namespace, name)
+                if pool is None:
+                    return
+                interval = float(
+                    ((pool.get("spec") or {}).get("scaling") or {}).get("intervalSeconds")
+                    or DEFAULT_INTERVAL_SECONDS
+                )
+                await asyncio.to_thread(
+                    control.control_step, memo.kube, pool, cache, config.prometheus_url
+                )
+            except Exception as error:  # one bad round must not end the pool's control loop
+                control_metrics.count_error(namespace, name)
+                logger.warning(f"control step failed, retrying in {interval:.0f}s: {error!r}")
+            await stopped.wait(interval)
