@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, config
 
 from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
 from carpool_operator import limits
 from carpool_operator.kube import Kube
-from carpool_operator.testing import OperatorProcess, install_crds
+from carpool_operator.testing import (
+    RBAC_RULES,
+    OperatorProcess,
+    delete_cluster_identity,
+    install_crds,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-RBAC_RULES = yaml.safe_load((REPO / "charts/carpool/files/operator-rbac.yaml").read_text())
 ACCOUNT = "carpool-operator"
 GROUP, VERSION, PLURAL = "carpool.dev", "v1alpha1", "inferencepools"
 OWNED = {
@@ -51,9 +53,7 @@ def operator_kubeconfig(cluster, api, ns, tmp_path_factory) -> Iterator[Path]:
         account=ACCOUNT, account_namespace=ns, rules=RBAC_RULES,
     )  # fmt: skip
     yield path
-    rbac = client.RbacAuthorizationV1Api(api)
-    rbac.delete_cluster_role_binding(f"{ns}-{ACCOUNT}")
-    rbac.delete_cluster_role(f"{ns}-{ACCOUNT}")
+    delete_cluster_identity(api, ns, ACCOUNT)
 
 
 @pytest.fixture(scope="module")

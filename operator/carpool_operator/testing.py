@@ -3,6 +3,10 @@
 Contract:
 - `install_crds(api)` server-side-applies every CRD in the repository's `crds/` folder and
   returns once each is Established and its resources are served.
+- `RBAC_RULES` are the operator's rules (charts/carpool/files/operator-rbac.yaml), the ones a
+  test identity for the operator must be given; `delete_cluster_identity(api, namespace,
+  account)` removes the ClusterRole and binding `carpool_cluster.testing.identity_kubeconfig`
+  made for it.
 - `OperatorProcess(kubeconfig, namespaces=..., ...)` runs `carpool operator` with KUBECONFIG set
   to `kubeconfig` (give it a least-privilege identity, not the admin's), its metrics and health
   endpoints on free loopback ports, and its log in `log_path`. `start()` returns once the health
@@ -26,7 +30,21 @@ from pathlib import Path
 import yaml
 from kubernetes import client
 
-CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
+REPO = Path(__file__).resolve().parents[2]
+CRDS_DIR = REPO / "crds"
+RBAC_RULES: list[dict] = yaml.safe_load(
+    (REPO / "charts" / "carpool" / "files" / "operator-rbac.yaml").read_text()
+)
+
+
+def delete_cluster_identity(api: client.ApiClient, namespace: str, account: str) -> None:
+    rbac = client.RbacAuthorizationV1Api(api)
+    for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
+        try:
+            delete(f"{namespace}-{account}")
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
 
 
 def install_crds(api: client.ApiClient, timeout_seconds: float = 60.0) -> list[str]:
