@@ -451,3 +451,61 @@ def test_metrics_count_reconciles_and_health_answers(api, ns, operator, kube):
     assert operator.metric("carpool_operator_reconciles_total") >= 1
     assert operator.metric("carpool_operator_reconcile_duration_seconds_count") >= 1
     assert operator.metric("carpool_operator_objects_applied_total") >= 5
+
+
+# The part of KEDA's ScaledObject CRD the operator reads (scaleTargetRef); KEDA itself is not
+# installed. The operator starts without the CRD and must notice it when it appears.
+SCALED_OBJECT_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "scaledobjects.keda.sh"},
+    "spec": {
+        "group": "keda.sh",
+        "scope": "Namespaced",
+        "names": {"kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject"},
+        "versions": [{
+            "name": "v1alpha1", "served": True, "storage": True,
+            "schema": {"openAPIV3Schema": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+        }],
+    },
+}  # fmt: skip
+
+
+@pytest.fixture
+def scaled_object_crd(api) -> Iterator[None]:
+    extensions = client.ApiextensionsV1Api(api)
+    extensions.create_custom_resource_definition(SCALED_OBJECT_CRD)
+    custom = client.CustomObjectsApi(api)
+    wait_for(
+        "the ScaledObject CRD served",
+        lambda: (
+            custom.list_cluster_custom_object("keda.sh", "v1alpha1", "scaledobjects") is not None
+        ),
+    )
+    yield
+    extensions.delete_custom_resource_definition("scaledobjects.keda.sh")
+
+
+def test_scaled_object_installed_after_start_is_reported(
+    api, ns, operator, kube, scaled_object_crd
+):
+    _create_pool(api, ns, "keda-target")
+    _reconciled(kube, ns, "keda-target")
+    scaled = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "queue-length"},
+        "spec": {"scaleTargetRef": {"name": "keda-target-worker"}, "maxReplicaCount": 4},
+    }
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "keda.sh", "v1alpha1", ns, "scaledobjects", scaled
+    )
+
+    def conflict_reported():
+        condition = _condition(kube.get("InferencePool", ns, "keda-target"), "ScalerConflict")
+        return condition if condition and condition["status"] == "True" else None
+
+    conflict = wait_for("ScalerConflict=True for the ScaledObject", conflict_reported)
+    assert conflict["reason"] == "ScaledObjectFound"
+    assert "ScaledObject/queue-length" in conflict["message"]
