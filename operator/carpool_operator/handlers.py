@@ -6,9 +6,11 @@ Contract: `register(registry, config)` adds to a kopf registry
   watched, the admin Secret, and catches anything missed);
 - events of the Deployments, Services, ConfigMaps and PodDisruptionBudgets the operator owns
   (watched with a server-side label selector) -> `reconcile.on_owned_object`;
-- events of HorizontalPodAutoscalers and KEDA ScaledObjects (none if KEDA's CRD is absent) that
-  target a pool's worker Deployment -> `reconcile.reconcile` of that pool (the ScalerConflict
-  condition and Event);
+- events of HorizontalPodAutoscalers that target a pool's worker Deployment ->
+  `reconcile.reconcile` of that pool (the ScalerConflict condition and Event). KEDA's
+  ScaledObjects are not watched: reconcile lists them (none when KEDA's CRD is absent), KEDA
+  makes an HPA for each (which is watched), and a watch on a CRD that gets deleted would stop
+  kopf altogether;
 - login with the kubernetes client's credentials;
 - a liveness probe (kopf's endpoint; answering proves the event loop is responsive).
 The handlers hold no state; `memo.kube` is the API client (carpool_operator.kube.Kube).
@@ -25,7 +27,6 @@ from carpool_operator.settings import OWNED_RESOURCES, OperatorConfig
 
 POOLS = (names.GROUP, names.VERSION, names.PLURAL)
 HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
-SCALED_OBJECTS = ("keda.sh", "v1alpha1", "scaledobjects")
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 
@@ -79,10 +80,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     @kopf.on.event(*HPAS, registry=registry, id="hpa")
     def hpa_changed(body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
-        _reconcile_target(memo, namespace, dict(body.spec), "autoscaler")
-
-    @kopf.on.event(*SCALED_OBJECTS, registry=registry, id="scaledobject")
-    def scaled_object_changed(body: kopf.Body, namespace: str, memo: Any, **_: Any) -> None:
         _reconcile_target(memo, namespace, dict(body.spec), "autoscaler")
 
     @kopf.on.probe(id="peering", registry=registry)
