@@ -11,9 +11,11 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from carpool_cluster import testing
@@ -265,3 +267,20 @@ def test_status_is_a_subresource_that_spec_writers_cannot_set(custom, pools_name
     body["status"] = {"readyReplicas": 99}
     created = _create(custom, pools_namespace, body)
     assert "readyReplicas" not in (created.get("status") or {})
+
+
+# sim-pool.yaml is the simulator's input (`carpool sim`), not meant for a cluster: no worker.
+EXAMPLES = sorted(
+    path
+    for path in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")
+    if path.name != "sim-pool.yaml"
+)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_pools_are_accepted(custom, pools_namespace, path):
+    pools = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "InferencePool"]
+    for pool in pools:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, pools_namespace, PLURAL, pool, field_validation="Strict", dry_run="All"
+        )
