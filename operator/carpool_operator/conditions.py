@@ -5,7 +5,9 @@ returns a new list with that condition replaced or added; `lastTransitionTime` c
 when `status` does, so re-setting a condition with a new message keeps its transition time.
 `ready(...)`, `reconciled(...)` and `scaler_conflict(...)` compute the operator's conditions;
 `initial(...)` is what the first visit sets for the control loop's conditions when they are
-absent (Unknown until the control loop has observed the pool).
+absent (Unknown until the control loop has observed the pool). `worst_endpoint(spec, endpoints)`
+is the printer column's summary: the SLA endpoint with the highest measured p95 TTFT relative
+to its SLA, as "name p95/SLAms", or None before any is measured.
 """
 
 from __future__ import annotations
@@ -130,3 +132,26 @@ def initial(conditions: Sequence[Mapping[str, Any]] | None, generation: int, now
                 now,
             )
     return out
+
+
+def worst_endpoint(
+    spec: Mapping[str, Any], endpoints: Sequence[Mapping[str, Any]] | None
+) -> str | None:
+    slas = {
+        e["name"]: e["sla"]["ttftP95Milliseconds"]
+        for e in spec.get("endpoints") or []
+        if (e.get("sla") or {}).get("ttftP95Milliseconds")
+    }
+    measured = [
+        (
+            item["ttftP95Milliseconds"] / slas[item["name"]],
+            item["name"],
+            item["ttftP95Milliseconds"],
+        )
+        for item in endpoints or []
+        if item.get("name") in slas and isinstance(item.get("ttftP95Milliseconds"), int)
+    ]
+    if not measured:
+        return None
+    _, name, p95 = max(measured)
+    return f"{name} {p95}/{slas[name]}ms"

@@ -276,7 +276,7 @@ def _endpoint_status(current: list[Obj], document: dict[str, Any]) -> list[Obj]:
 def deployment_status(
     spec: Obj, status: Obj, deployment: Obj | None, generation: int, now: str
 ) -> Obj:
-    """Replica counts and the Ready condition from the worker Deployment."""
+    """Replica counts, the Ready condition and the worst endpoint's summary."""
     status = dict(status)
     dep_spec = (deployment or {}).get("spec") or {}
     dep_status = (deployment or {}).get("status") or {}
@@ -286,6 +286,9 @@ def deployment_status(
     mode = (spec.get("scaling") or {}).get("mode", "Auto")
     if mode != "Recommend" or "desiredReplicas" not in status:
         status["desiredReplicas"] = desired
+    worst = conditions.worst_endpoint(spec, status.get("endpoints"))
+    if worst is not None:
+        status["worstEndpoint"] = worst
     ready = conditions.ready(desired, status["readyReplicas"])
     status["conditions"] = conditions.set_condition(
         status.get("conditions"), ready, generation, now

@@ -64,3 +64,18 @@ def test_first_visit_keeps_what_the_control_loop_already_set():
     existing = [{"type": "SLAMet", "status": "True", "reason": "Met", "message": ""}]
     added = conditions.initial(existing, 1, "T")
     assert conditions.find(added, "SLAMet")["status"] == "True"
+
+
+def test_worst_endpoint_is_the_one_nearest_its_sla(pool):
+    spec = pool["spec"]
+    spec["endpoints"][1]["sla"] = {"ttftP95Milliseconds": 2000}
+    measured = [
+        {"name": "inline-completion", "ttftP95Milliseconds": 240},  # 80% of 300
+        {"name": "nightly-labeling", "ttftP95Milliseconds": 1800},  # 90% of 2000
+    ]
+    assert conditions.worst_endpoint(spec, measured) == "nightly-labeling 1800/2000ms"
+
+
+def test_worst_endpoint_ignores_throughput_classes_and_unmeasured_endpoints(pool):
+    measured = [{"name": "nightly-labeling", "ttftP95Milliseconds": 9000}, {"name": "x"}]
+    assert conditions.worst_endpoint(pool["spec"], measured) is None
