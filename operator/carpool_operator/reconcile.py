@@ -7,9 +7,10 @@ Contract:
   someone else changed are taken back), writes the worker count only as `scalers` allows,
   then sets `status` (observedGeneration, replica counts, limits in force, conditions) and posts
   an Event for every object created, updated or restored and every scaling conflict found or
-  gone. Calls for one pool never overlap within the process. Idempotent: a second call with
-  nothing changed writes nothing and posts nothing. An API error sets Reconciled=False, posts
-  a Warning and raises `ReconcileError`.
+  gone (the status itself is computed by `carpool_operator.status`). Calls for one pool never
+  overlap within the process. Idempotent: a second call with nothing changed writes nothing
+  and posts nothing. An API error sets Reconciled=False, posts a Warning and raises
+  `ReconcileError`.
 - `on_owned_object(kube, obj, deleted, trigger)` is for events about an owned object: it
   reconciles the owning pool when the object was deleted or drifted from what the pool wants,
   and otherwise (a Deployment's status moving) only refreshes the pool's status.
@@ -26,7 +27,16 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from carpool_operator import builders, conditions, drift, limits, metrics, names, scalers
+from carpool_operator import (
+    builders,
+    conditions,
+    drift,
+    limits,
+    metrics,
+    names,
+    scalers,
+    status,
+)
 from carpool_operator.kube import Kube, now_rfc3339
 
 Obj = dict[str, Any]
@@ -214,8 +224,10 @@ def _reconcile(kube: Kube, pool: Obj) -> Obj | None:
             run.events.append(("Normal", "ExternalScalerRemoved", conflict.message))
 
     def mutate(current: Obj) -> Obj:
-        return build_status(
-            current, meta.get("generation", 0), deployment, document, conflict, error
+        message = None if error is None else str(error)
+        generation = meta.get("generation", 0)
+        return status.build_status(
+            current, generation, deployment, document, conflict, message, now_rfc3339()
         )
 
     try:
@@ -233,69 +245,6 @@ def _reconcile(kube: Kube, pool: Obj) -> Obj | None:
     return result
 
 
-def build_status(
-    pool: Obj,
-    generation: int,
-    deployment: Obj | None,
-    document: dict[str, Any] | None,
-    conflict: conditions.Condition,
-    error: ReconcileError | None,
-) -> Obj:
-    """The pool's new status; after an error only Reconciled and the replica counts move."""
-    status = dict(pool.get("status") or {})
-    now = now_rfc3339()
-    conds = status.get("conditions") or []
-    if error is None:
-        status["observedGeneration"] = generation
-        conds = conditions.set_condition(conds, conflict, generation, now)
-    conds = conditions.set_condition(
-        conds,
-        conditions.reconciled(generation, None if error is None else str(error)),
-        generation,
-        now,
-    )
-    status["selector"] = names.selector_string(pool["metadata"]["name"])
-    if document is not None and error is None:
-        status["limitsVersion"] = document["version"]
-        status["endpoints"] = _endpoint_status(status.get("endpoints") or [], document)
-    status["conditions"] = conditions.initial(conds, generation, now)
-    return deployment_status(pool["spec"], status, deployment, generation, now)
-
-
-def _endpoint_status(current: list[Obj], document: dict[str, Any]) -> list[Obj]:
-    by_name = {item.get("name"): item for item in current}
-    out = []
-    for endpoint, values in document["endpoints"].items():
-        item = dict(by_name.get(endpoint) or {"name": endpoint})
-        item["maxBatchSize"] = values["maxBatchSize"]
-        item["batchWindowMilliseconds"] = values["batchWindowMilliseconds"]
-        out.append(item)
-    return out
-
-
-def deployment_status(
-    spec: Obj, status: Obj, deployment: Obj | None, generation: int, now: str
-) -> Obj:
-    """Replica counts, the Ready condition and the worst endpoint's summary."""
-    status = dict(status)
-    dep_spec = (deployment or {}).get("spec") or {}
-    dep_status = (deployment or {}).get("status") or {}
-    desired = int(dep_spec.get("replicas", 0))
-    status["replicas"] = int(dep_status.get("replicas", 0))
-    status["readyReplicas"] = int(dep_status.get("readyReplicas", 0))
-    mode = (spec.get("scaling") or {}).get("mode", "Auto")
-    if mode != "Recommend" or "desiredReplicas" not in status:
-        status["desiredReplicas"] = desired
-    worst = conditions.worst_endpoint(spec, status.get("endpoints"))
-    if worst is not None:
-        status["worstEndpoint"] = worst
-    ready = conditions.ready(desired, status["readyReplicas"])
-    status["conditions"] = conditions.set_condition(
-        status.get("conditions"), ready, generation, now
-    )
-    return status
-
-
 def on_owned_object(kube: Kube, obj: Obj, deleted: bool, trigger: str) -> None:
     meta = obj.get("metadata") or {}
     pool_name = names.pool_of(meta)
@@ -311,10 +260,12 @@ def on_owned_object(kube: Kube, obj: Obj, deleted: bool, trigger: str) -> None:
     elif kind == "Deployment":
 
         def mutate(current: Obj) -> Obj | None:
-            status = current.get("status") or {}
-            if "observedGeneration" not in status:
+            now_status = current.get("status") or {}
+            if "observedGeneration" not in now_status:
                 return None  # the first reconcile has not run yet; it sets all of status
-            generation = status["observedGeneration"]
-            return deployment_status(current["spec"], status, obj, generation, now_rfc3339())
+            generation = now_status["observedGeneration"]
+            return status.deployment_status(
+                current["spec"], now_status, obj, generation, now_rfc3339()
+            )
 
         kube.update_pool_status(meta["namespace"], pool_name, mutate)
