@@ -17,6 +17,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import itertools
 import random
 import threading
 import time
@@ -60,14 +61,21 @@ def schedule_from_trace(
     start_seconds: float,
     duration_seconds: float,
     rate_multiplier: float = 1.0,
-    token_divisor: float = 32.0,
-    max_prompt_tokens: int = 96,
+    token_divisor: float = 2.0,
+    max_prompt_tokens: int = 1536,
     max_output_tokens: int = 16,
     burst: tuple[float, float, float] | None = None,
+    timing: str = "trace",
     seed: int = 0,
 ) -> list[Arrival]:
-    """Arrivals of ``[start, start + duration)`` of the trace, thinned or repeated to
-    ``rate_multiplier``; ``burst = (from, to, factor)`` multiplies the rate in that span."""
+    """Arrivals for ``[start, start + duration)`` of the trace.
+
+    ``timing="trace"`` keeps the trace's own arrival times, thinned or repeated to
+    ``rate_multiplier``; ``timing="poisson"`` keeps its request sizes, in order, but draws
+    arrivals at the slice's mean rate times ``rate_multiplier`` (the trace's second-by-second
+    swings otherwise dominate a short run). ``burst = (from, to, factor)`` multiplies the rate
+    in that span. Token counts are divided by ``token_divisor`` and capped for a small model.
+    """
     rng = random.Random(seed)
     with path.open() as handle:
         rows = [
@@ -75,24 +83,45 @@ def schedule_from_trace(
             for r in csv.DictReader(handle)
         ]
     origin = rows[0][0] + start_seconds
+    window = [
+        (stamp - origin, context, generated)
+        for stamp, context, generated in rows
+        if 0 <= stamp - origin < duration_seconds
+    ]
+    if not window:
+        raise ValueError(
+            f"the trace has no requests in [{start_seconds}, {start_seconds + duration_seconds}) s"
+        )
+
+    def factor_at(offset: float) -> float:
+        in_burst = burst is not None and burst[0] <= offset < burst[1]
+        return rate_multiplier * (burst[2] if in_burst else 1.0)
+
+    def arrival(offset: float, context: int, generated: int) -> Arrival:
+        return Arrival(
+            at_seconds=offset,
+            endpoint=endpoint,
+            prompt_tokens=max(4, min(max_prompt_tokens, round(context / token_divisor))),
+            max_tokens=max(1, min(max_output_tokens, generated)),
+        )
+
     arrivals = []
-    for stamp, context, generated in rows:
-        offset = stamp - origin
-        if not 0 <= offset < duration_seconds:
-            continue
-        factor = rate_multiplier
-        if burst and burst[0] <= offset < burst[1]:
-            factor *= burst[2]
+    if timing == "poisson":
+        mean_rate = len(window) / duration_seconds
+        sizes = itertools.cycle([(c, g) for _, c, g in window])
+        offset, ceiling = 0.0, mean_rate * max(factor_at(t) for t in (0.0, *(burst or ())[:1]))
+        while True:  # thinning: a Poisson process whose rate follows factor_at
+            offset += rng.expovariate(ceiling)
+            if offset >= duration_seconds:
+                break
+            if rng.random() < mean_rate * factor_at(offset) / ceiling:
+                arrivals.append(arrival(offset, *next(sizes)))
+        return arrivals
+    for offset, context, generated in window:
+        factor = factor_at(offset)
         copies = int(factor) + (1 if rng.random() < factor - int(factor) else 0)
         for _ in range(copies):
-            arrivals.append(
-                Arrival(
-                    at_seconds=offset + rng.random() * 0.05,
-                    endpoint=endpoint,
-                    prompt_tokens=max(4, min(max_prompt_tokens, round(context / token_divisor))),
-                    max_tokens=max(1, min(max_output_tokens, generated)),
-                )
-            )
+            arrivals.append(arrival(offset + rng.random() * 0.05, context, generated))
     return sorted(arrivals, key=lambda a: a.at_seconds)
 
 

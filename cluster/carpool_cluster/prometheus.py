@@ -117,7 +117,9 @@ def start(state: ClusterState, rule_files: list[str] | None = None) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(scrape_config(state, rule_files), sort_keys=False))
-    port = processes.free_port()
+    previous = state.processes.get("prometheus")
+    # A restart keeps its address, as a Prometheus Service would: clients need no new URL.
+    port = previous.port if previous is not None and previous.port else processes.free_port()
     record = processes.start(
         "prometheus",
         [
@@ -142,6 +144,12 @@ def start(state: ClusterState, rule_files: list[str] | None = None) -> str:
     state.processes["prometheus"] = record
     state.save()
     return url
+
+
+def stop(state: ClusterState) -> bool:
+    """Stop this cluster's Prometheus (its data stays); ``start`` brings it back."""
+    record = state.processes.get("prometheus")
+    return record is not None and processes.stop(record)
 
 
 def url_of(state: ClusterState) -> str | None:

@@ -1,0 +1,426 @@
+"""The closed loop on a real cluster: load → queue delay → scale and retune → load gone → back.
+
+One operator (under the chart's RBAC) and real tiny-model workers serve the module; the tests
+run in order on its pool, each driving real traffic through ``carpool_cluster.load``. With
+``CARPOOL_E2E_OPERATOR=chart`` the operator is the one the Helm chart installed, and the
+operator-restart test deletes its pod instead of killing a local process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from kubernetes import client
+
+from carpool_cluster import load, processes, prometheus, scenario, testing
+from carpool_cluster.testing import wait_for
+
+INTERVAL = 5  # spec.scaling.intervalSeconds
+STABILIZATION = 20  # spec.scaling.scaleDownStabilizationSeconds
+SLA_SECONDS = 0.5
+CHART_OPERATOR = os.environ.get("CARPOOL_E2E_OPERATOR") == "chart"
+
+
+def pool_manifest(name: str, max_replicas: int) -> dict:
+    return {
+        "apiVersion": "carpool.dev/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"preset": "tiny"},
+            "worker": {
+                "image": os.environ.get(
+                    "CARPOOL_WORKER_IMAGE", "ghcr.io/example/carpool-worker:0.1.0"
+                ),
+                "resources": {"limits": {"nvidia.com/gpu": 1}},
+                "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+            },
+            "replicas": {"min": 1, "max": max_replicas},
+            "endpoints": [
+                {
+                    "name": "interactive",
+                    "priority": 100,
+                    "default": True,
+                    "sla": {"ttftP95Milliseconds": int(SLA_SECONDS * 1000)},
+                    "batching": {
+                        "maxBatchSize": {"min": 1, "max": 16},
+                        "batchWindowMilliseconds": {"min": 0, "max": 5},
+                    },
+                    "queue": {"maxWaitMilliseconds": 10000, "maxLength": 1024},
+                },
+                {
+                    "name": "offline",
+                    "priority": 0,
+                    "batching": {
+                        "maxBatchSize": {"min": 2, "max": 32},
+                        "batchWindowMilliseconds": {"min": 0, "max": 200},
+                    },
+                    "queue": {"maxWaitMilliseconds": 60000, "maxLength": 4096},
+                },
+            ],
+            "scaling": {
+                "mode": "Auto",
+                "intervalSeconds": INTERVAL,
+                "scaleDownStabilizationSeconds": STABILIZATION,
+                "maxScaleUpStep": 2,
+                "profileConfigMap": f"{name}-profile",
+            },
+        },
+    }
+
+
+class Loop:
+    """The module's cluster, namespace, operator and helpers to watch a pool."""
+
+    def __init__(
+        self,
+        cluster: testing.TestCluster,
+        api: client.ApiClient,
+        namespace: str,
+        folder: Path,
+        prometheus_url: str,
+    ):
+        self.cluster, self.api, self.namespace = cluster, api, namespace
+        self.folder, self.prometheus_url = folder, prometheus_url
+        self.operator: processes.ProcessRecord | None = None
+
+    def start_operator(self) -> None:
+        if CHART_OPERATOR:
+            return
+        identity = scenario.operator_kubeconfig(
+            self.api, self.cluster.server, self.cluster.ca_file, self.folder
+        )
+        self.operator = scenario.start_operator(
+            identity,
+            self.prometheus_url,
+            self.folder / "operator.log",
+            extra_args=("--namespace", self.namespace),
+        )
+
+    def kill_operator(self) -> None:
+        if CHART_OPERATOR:
+            pods = (
+                client.CoreV1Api(self.api)
+                .list_namespaced_pod(
+                    "carpool-system", label_selector="app.kubernetes.io/name=carpool"
+                )
+                .items
+            )
+            for pod in pods:
+                client.CoreV1Api(self.api).delete_namespaced_pod(
+                    pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0
+                )
+            return
+        assert self.operator is not None
+        os.killpg(self.operator.pid, signal.SIGKILL)
+        wait_for("the operator to die", lambda: not processes.is_running(self.operator))
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            processes.stop(self.operator)
+
+    def snapshot(self, name: str) -> dict:
+        return scenario.pool_snapshot(self.api, self.namespace, name)
+
+    def condition(self, name: str, type_: str) -> dict:
+        return self.snapshot(name)["conditions"].get(type_) or {}
+
+    def directory(self, name: str) -> load.PodDirectory:
+        return load.PodDirectory(self.api, self.namespace, f"carpool.dev/pool={name}", 8000)
+
+
+@pytest.fixture(scope="module")
+def loop(
+    cluster: testing.TestCluster,
+    api: client.ApiClient,
+    gpu_nodes: None,
+    prometheus_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Loop]:
+    scenario.install_crds(cluster.kubectl, cluster.kubeconfig)
+    namespace = testing.create_namespace(api, "loop")
+    harness = Loop(cluster, api, namespace, tmp_path_factory.mktemp("loop"), prometheus_url)
+    harness.start_operator()
+    try:
+        yield harness
+    finally:
+        custom = client.CustomObjectsApi(api)
+        for pool in custom.list_namespaced_custom_object(
+            scenario.GROUP, scenario.VERSION, namespace, scenario.PLURAL
+        )["items"]:
+            custom.delete_namespaced_custom_object(
+                scenario.GROUP,
+                scenario.VERSION,
+                namespace,
+                scenario.PLURAL,
+                pool["metadata"]["name"],
+            )
+        wait_for(
+            "the pools to be finalized",
+            lambda: (
+                not custom.list_namespaced_custom_object(
+                    scenario.GROUP, scenario.VERSION, namespace, scenario.PLURAL
+                )["items"]
+            ),
+            60,
+        )
+        harness.stop_operator()
+        client.CoreV1Api(api).delete_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def pool(loop: Loop) -> str:
+    scenario.apply_pool(loop.api, loop.namespace, pool_manifest("loop", max_replicas=3))
+    wait_for(
+        "one ready worker with fresh metrics",
+        lambda: (
+            loop.snapshot("loop")["ready"] >= 1
+            and loop.condition("loop", "MetricsAvailable").get("status") == "True"
+        ),
+        180,
+    )
+    return "loop"
+
+
+def burst(rate: float, seconds: float) -> list[load.Arrival]:
+    # Prefill-heavy, like the code-completion trace: one tiny-model worker on one CPU thread
+    # serves about 15 of these per second within the SLA.
+    return load.poisson("interactive", rate, seconds, prompt_tokens=1000, max_tokens=12)
+
+
+def run_in_background(target) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def client_p95(outcomes: list[load.Outcome], since: float) -> float | None:
+    values = sorted(
+        o.ttft_seconds for o in outcomes if o.ttft_seconds is not None and o.sent_at >= since
+    )
+    return values[int(0.95 * (len(values) - 1))] if values else None
+
+
+def test_burst_scales_up_within_two_intervals_and_the_sla_is_met_again(
+    loop: Loop, pool: str
+) -> None:
+    outcomes: list[load.Outcome] = []
+    signal_at: list[float] = []
+    with loop.directory(pool) as directory:
+        started = time.monotonic()
+        traffic = run_in_background(
+            lambda: load.replay(burst(25, 80), directory, 110, on_outcome=outcomes.append)
+        )
+
+        def pressure_seen() -> bool:
+            # The signal: the workers' own queue, as Prometheus sees it.
+            query = f'sum(carpool_requests_waiting{{namespace="{loop.namespace}",pool="{pool}"}})'
+            result = httpx.get(
+                f"{loop.prometheus_url}/api/v1/query", params={"query": query}, timeout=5
+            ).json()["data"]["result"]
+            if result and float(result[0]["value"][1]) >= 2 and not signal_at:
+                signal_at.append(time.monotonic())
+            return loop.snapshot(pool)["desired"] > 1
+
+        wait_for("a scale-up", pressure_seen, 90, interval_seconds=0.5)
+        scaled_at = time.monotonic()
+        assert signal_at, "the scale-up came before any queue was visible in Prometheus"
+        # Two control intervals, plus one scrape interval for the signal to be stored.
+        assert scaled_at - signal_at[0] <= 2 * INTERVAL + 2, (
+            f"scale-up {scaled_at - signal_at[0]:.1f}s after the queue signal"
+        )
+
+        def sla_met_again() -> bool:
+            recent = time.monotonic() - started - 10
+            p95 = client_p95(list(outcomes), recent)
+            return p95 is not None and p95 <= SLA_SECONDS and loop.snapshot(pool)["ready"] > 1
+
+        wait_for("the clients' p95 TTFT back within the SLA", sla_met_again, 75)
+        traffic.join(timeout=120)
+    ok = sum(1 for o in outcomes if o.status == 200)
+    assert ok >= 0.95 * len(outcomes), f"only {ok} of {len(outcomes)} requests succeeded"
+
+
+def test_load_gone_scales_down_only_after_stabilization_without_flapping(
+    loop: Loop, pool: str
+) -> None:
+    history: list[tuple[float, int]] = []
+    quiet_since = time.monotonic()
+
+    def scaled_down() -> bool:
+        history.append((time.monotonic() - quiet_since, loop.snapshot(pool)["desired"]))
+        return history[-1][1] == 1
+
+    wait_for("the pool back at one replica", scaled_down, STABILIZATION + 90, 1.0)
+    changes = [
+        (t, r) for (t, r), (_, before) in zip(history[1:], history, strict=False) if r != before
+    ]
+    assert all(
+        r < before for (_, r), (_, before) in zip(history[1:], history, strict=False) if r != before
+    ), f"replicas rose while the load was gone: {history}"
+    first_down = changes[0][0] if changes else history[-1][0]
+    assert first_down >= STABILIZATION - INTERVAL, (
+        f"scaled down {first_down:.0f}s after the load stopped, within the "
+        f"{STABILIZATION}s stabilization window"
+    )
+
+
+def test_offline_limits_shrink_under_interactive_pressure_and_grow_back(loop: Loop) -> None:
+    name = "tight"
+    scenario.apply_pool(loop.api, loop.namespace, pool_manifest(name, max_replicas=1))
+    wait_for(
+        "the tight pool ready with fresh metrics",
+        lambda: (
+            loop.snapshot(name)["ready"] >= 1
+            and loop.condition(name, "MetricsAvailable").get("status") == "True"
+        ),
+        180,
+    )
+    wait_for(
+        "the offline endpoint at its largest batch while the pool is idle",
+        lambda: loop.snapshot(name)["endpoints"]["offline"].get("maxBatchSize") == 32,
+        60,
+    )
+    with loop.directory(name) as directory:
+        traffic = run_in_background(lambda: load.replay(burst(30, 50), directory, 70))
+        shrunk = wait_for(
+            "the offline endpoint's batch limit to shrink",
+            lambda: (
+                (size := loop.snapshot(name)["endpoints"]["offline"].get("maxBatchSize"))
+                is not None
+                and size < 32
+                and size
+            ),
+            60,
+        )
+        traffic.join(timeout=90)
+    assert shrunk >= 2  # never below the spec's minimum
+    wait_for(
+        "the offline endpoint back at its largest batch once the burst is over",
+        lambda: loop.snapshot(name)["endpoints"]["offline"].get("maxBatchSize") == 32,
+        STABILIZATION + 90,
+    )
+
+
+def test_prometheus_unreachable_holds_replicas_and_limits_then_control_resumes(
+    loop: Loop, pool: str
+) -> None:
+    before = loop.snapshot(pool)
+    local = loop.cluster.local
+    custom = client.CustomObjectsApi(loop.api)
+    if local is not None:
+        prometheus.stop(local)  # the real thing, stopped
+    else:  # a cluster's own Prometheus cannot be stopped from here: point the pool elsewhere
+        custom.patch_namespaced_custom_object(
+            scenario.GROUP,
+            scenario.VERSION,
+            loop.namespace,
+            scenario.PLURAL,
+            pool,
+            {"spec": {"prometheus": {"url": "http://127.0.0.1:1"}}},
+        )
+    try:
+        condition = wait_for(
+            "MetricsAvailable=False",
+            lambda: (c := loop.condition(pool, "MetricsAvailable")).get("status") == "False" and c,
+            4 * INTERVAL,
+        )
+        assert "Prometheus" in condition["message"]
+        held_until = time.monotonic() + 3 * INTERVAL
+        while time.monotonic() < held_until:
+            now = loop.snapshot(pool)
+            assert now["desired"] == before["desired"]
+            assert {
+                n: (e.get("maxBatchSize"), e.get("batchWindowMilliseconds"))
+                for n, e in now["endpoints"].items()
+            } == {
+                n: (e.get("maxBatchSize"), e.get("batchWindowMilliseconds"))
+                for n, e in before["endpoints"].items()
+            }
+            time.sleep(1)
+    finally:
+        if local is not None:
+            prometheus.start(local)
+        else:
+            custom.patch_namespaced_custom_object(
+                scenario.GROUP,
+                scenario.VERSION,
+                loop.namespace,
+                scenario.PLURAL,
+                pool,
+                {"spec": {"prometheus": None}},
+            )
+    wait_for(
+        "MetricsAvailable=True again",
+        lambda: loop.condition(pool, "MetricsAvailable").get("status") == "True",
+        60,
+    )
+
+
+def test_operator_killed_mid_scale_converges_with_no_duplicates(loop: Loop, pool: str) -> None:
+    apps = client.AppsV1Api(loop.api)
+    with loop.directory(pool) as directory:
+        traffic = run_in_background(lambda: load.replay(burst(25, 45), directory, 70))
+        wait_for("a scale-up", lambda: loop.snapshot(pool)["desired"] > 1, 60, 0.5)
+        loop.kill_operator()
+        loop.start_operator()
+        traffic.join(timeout=90)
+    wait_for(
+        "the restarted operator deciding again",
+        lambda: loop.condition(pool, "MetricsAvailable").get("status") == "True",
+        60,
+    )
+    deployments = apps.list_namespaced_deployment(
+        loop.namespace, label_selector=f"carpool.dev/pool={pool}"
+    ).items
+    assert len(deployments) == 1
+    config_maps = (
+        client.CoreV1Api(loop.api)
+        .list_namespaced_config_map(loop.namespace, label_selector=f"carpool.dev/pool={pool}")
+        .items
+    )
+    assert len(config_maps) == 1
+    wait_for(
+        "the pool back at one replica under the new operator",
+        lambda: loop.snapshot(pool)["desired"] == 1,
+        STABILIZATION + 90,
+        1.0,
+    )
+
+
+def test_worker_pod_killed_traffic_continues_on_the_others(loop: Loop, pool: str) -> None:
+    custom = client.CustomObjectsApi(loop.api)
+    core = client.CoreV1Api(loop.api)
+    custom.patch_namespaced_custom_object(
+        scenario.GROUP,
+        scenario.VERSION,
+        loop.namespace,
+        scenario.PLURAL,
+        pool,
+        {"spec": {"replicas": {"min": 2}}},
+    )
+    wait_for("two ready workers", lambda: loop.snapshot(pool)["ready"] >= 2, 120)
+    outcomes: list[load.Outcome] = []
+    with loop.directory(pool) as directory:
+        traffic = run_in_background(
+            lambda: load.replay(burst(6, 30), directory, 45, on_outcome=outcomes.append)
+        )
+        time.sleep(8)
+        victim = sorted(directory.addresses)[0]
+        core.delete_namespaced_pod(victim, loop.namespace, grace_period_seconds=0)
+        killed_at = time.monotonic()
+        traffic.join(timeout=60)
+    after = [o for o in outcomes if o.pod and o.pod != victim and o.status == 200]
+    failed = [o for o in outcomes if o.status != 200]
+    assert after, "no request was served by the remaining workers"
+    assert len(failed) <= 0.05 * len(outcomes), (
+        f"{len(failed)} of {len(outcomes)} requests failed after {victim} was killed"
+    )
+    assert killed_at  # the kill happened while traffic was flowing
