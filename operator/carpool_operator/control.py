@@ -118,6 +118,9 @@ def _status_mutation(
     def mutate(live: Obj) -> Obj:
         status = dict(live.get("status") or {})
         status["endpoints"] = _endpoint_status(spec, decision, observation, applied_limits)
+        worst = conditions.worst_endpoint(live.get("spec") or {}, status["endpoints"])
+        if worst is not None:
+            status["worstEndpoint"] = worst
         if mode == "Recommend":
             status["desiredReplicas"] = decision.recommended_replicas
         elif mode == "Auto":
