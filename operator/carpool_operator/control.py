@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from carpool_operator.prometheus import MetricsUnavailable, PoolMetrics, fetch_p
 from carpool_policy import Decision, PolicyState, PoolSpec, Profile, ProfileError, decide
 
 Obj = dict[str, Any]
+log = logging.getLogger("carpool.control")
 
 
 class MetricsCache:
@@ -194,6 +196,7 @@ def control_step(
     if replicas_changed or limits_changed or (mode == "Recommend" and would_change):
         reason = _event_reason(decision, observation.desired_replicas, mode)
         kube.post_event(pool, "Normal", reason, decision.reason)
+        log.info("%s/%s %s: %s", namespace, name, reason, decision.reason)
     control_metrics.record(
         namespace, name, spec, observation, decision, replicas_changed, limits_changed
     )

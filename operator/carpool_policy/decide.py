@@ -22,6 +22,7 @@ from carpool_policy.capacity import EndpointLoad, forecast
 from carpool_policy.damping import damp
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for, stale_after
 from carpool_policy.feedback import planned_load, updated_correction, violation_floor
+from carpool_policy.learned import learned_floor, record_breaches
 from carpool_policy.planner import Plan, limits_at, most_favourable_limits, plan
 from carpool_policy.profile import Profile
 from carpool_policy.state import PolicyState
@@ -129,6 +130,9 @@ def decide(
             default=0,
         )
         up, down, needed = max(up, floor), max(down, floor), max(needed, floor)
+    breaches = record_breaches(state.breaches, observation, spec, now, tuning.breach_memory_seconds)
+    # Never scale down onto a per-replica load that was measured to miss the SLA.
+    down = max(down, min(current, learned_floor(breaches, observation, spec, tuning.breach_margin)))
     if missing:  # a missing series is never read as zero: no scale-down
         down = max(down, current)
 
@@ -166,6 +170,7 @@ def decide(
         arrival_rates={n: s.observed_rate for n, s in signals.items()},
         corrections=corrections,
         token_means={load.name: (load.prompt_tokens, load.generated_tokens) for load in loads},
+        breaches=breaches,
     )
     return Decision(
         replicas=replicas,

@@ -28,6 +28,8 @@ class PolicyState:
     corrections: Mapping[str, float] = field(default_factory=dict)
     # Per endpoint, the last known (mean prompt tokens, mean generated tokens).
     token_means: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Per SLA endpoint, (arrivals per ready replica, time) of the lightest measured miss.
+    breaches: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,7 @@ class PolicyState:
             "arrivalRates": dict(self.arrival_rates),
             "corrections": dict(self.corrections),
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
+            "breaches": {k: [load, at] for k, (load, at) in self.breaches.items()},
         }
 
     @classmethod
@@ -58,6 +61,10 @@ class PolicyState:
                 token_means={
                     str(k): (float(v[0]), float(v[1]))
                     for k, v in (data.get("tokenMeans") or {}).items()
+                },
+                breaches={
+                    str(k): (float(v[0]), float(v[1]))
+                    for k, v in (data.get("breaches") or {}).items()
                 },
             )
         except (TypeError, ValueError, IndexError, AttributeError):

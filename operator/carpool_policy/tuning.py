@@ -38,6 +38,10 @@ class Tuning:
     # Feedback: weight of the newest measured/predicted ratio, and the correction's bounds.
     correction_weight: float = 0.3
     correction_bounds: tuple[float, float] = (0.5, 2.0)
+    # A measured SLA miss teaches a per-replica load limit for this long; scale-down keeps
+    # each replica's load below this fraction of it (see learned.py).
+    breach_memory_seconds: float = 1800.0
+    breach_margin: float = 0.8
     # Feedback learns only when the model predicts at least this much queueing (seconds).
     min_predicted_queueing: float = 0.01
     # Below this arrival rate (req/s) an endpoint's measured p95s are too noisy for feedback.
