@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from carpool_policy.capacity import EndpointLoad, forecast
 from carpool_policy.damping import damp
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for, stale_after
-from carpool_policy.feedback import planned_load, updated_correction, violation_floor
+from carpool_policy.feedback import (
+    planned_load,
+    protect_missing_endpoints,
+    updated_correction,
+    violation_floor,
+)
 from carpool_policy.learned import learned_floor, record_breaches
 from carpool_policy.planner import Plan, limits_at, most_favourable_limits, plan
 from carpool_policy.profile import Profile
@@ -147,6 +152,8 @@ def decide(
     limits, predicted, chosen_plan = _limits(
         observation, spec, loads, replicas, capacity_limited, profile, tuning, held, up_plan
     )
+    if replicas >= spec.max_replicas or capacity_limited:
+        limits = protect_missing_endpoints(limits, spec, observation, tuning)
     limits = _settled(limits, held, spec)
     if spec.scaling.mode != "Auto":
         replicas, limits = spec.replicas.clamp(current), held

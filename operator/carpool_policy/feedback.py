@@ -16,11 +16,18 @@ Contract:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from carpool_policy.capacity import EndpointLoad
 from carpool_policy.tuning import Tuning
-from carpool_policy.types import EndpointObservation, EndpointSpec
+from carpool_policy.types import (
+    EndpointLimits,
+    EndpointObservation,
+    EndpointSpec,
+    Observation,
+    PoolSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -105,3 +112,37 @@ def violation_floor(
         return 0
     overshoot = min(1.0, measured / budget - 1.0)
     return current + max(1, math.ceil(current * overshoot))
+
+
+def protect_missing_endpoints(
+    limits: Mapping[str, EndpointLimits],
+    spec: PoolSpec,
+    observation: Observation,
+    tuning: Tuning,
+) -> dict[str, EndpointLimits]:
+    """When the pool cannot grow, give way to the endpoints measured missing their SLA.
+
+    Every endpoint of lower priority than one whose measured p95 TTFT is over budget drops to
+    its smallest batch and shortest window, whatever the model predicted: the measurement
+    wins over a model that may be optimistic. Call it only when replicas cannot be added.
+    """
+    missing = [
+        e.priority
+        for e in spec.endpoints
+        if violation_floor(
+            e,
+            observation.endpoints.get(e.name) or EndpointObservation(),
+            max(observation.ready_replicas, 1),
+            tuning,
+        )
+        > 0
+    ]
+    if not missing:
+        return dict(limits)
+    protected = max(missing)
+    return {
+        e.name: EndpointLimits(e.max_batch_size.min, e.batch_window_milliseconds.min)
+        if e.priority < protected
+        else limits[e.name]
+        for e in spec.endpoints
+    }

@@ -73,3 +73,53 @@ def test_decide_scales_down_once_the_load_is_gone() -> None:
     state = PolicyState(breaches={"chat": (20.0, 990.0)})
     decision = decide(seen(0.0, 0.05, desired=3), SPEC, state, 1000.0)
     assert decision.replicas < 3
+
+
+TIGHT = PoolSpec.from_crd(
+    {
+        "replicas": {"min": 1, "max": 1},
+        "endpoints": [
+            {"name": "chat", "priority": 100, "sla": {"ttftP95Milliseconds": 500}},
+            {
+                "name": "batch",
+                "priority": 0,
+                "batching": {
+                    "maxBatchSize": {"min": 2, "max": 32},
+                    "batchWindowMilliseconds": {"min": 0, "max": 200},
+                },
+            },
+        ],
+    }
+)
+
+
+def test_a_measured_miss_at_max_replicas_shrinks_the_lower_priority_endpoint() -> None:
+    observation = Observation(
+        sampled_at=1000.0,
+        available=True,
+        desired_replicas=1,
+        ready_replicas=1,
+        endpoints={
+            "chat": EndpointObservation(
+                arrival_rate_per_second=30.0,
+                ttft_p95_seconds=2.0,
+                queue_wait_p95_seconds=1.5,
+                mean_prompt_tokens=100,
+                mean_generated_tokens=10,
+                waiting=20,
+                running=4,
+            ),
+            "batch": EndpointObservation(
+                arrival_rate_per_second=2.0,
+                ttft_p95_seconds=0.3,
+                queue_wait_p95_seconds=0.2,
+                mean_prompt_tokens=100,
+                mean_generated_tokens=30,
+                waiting=0,
+                running=2,
+            ),
+        },
+    )
+    decision = decide(observation, TIGHT, PolicyState(), 1000.0)
+    assert decision.limits["batch"].max_batch_size == 2
+    assert decision.limits["batch"].batch_window_milliseconds == 0
