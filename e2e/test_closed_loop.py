@@ -126,6 +126,22 @@ class Loop:
         if self.operator is not None:
             processes.stop(self.operator)
 
+    def patch_spec(self, name: str, spec: dict) -> None:
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+            scenario.GROUP,
+            scenario.VERSION,
+            self.namespace,
+            scenario.PLURAL,
+            name,
+            {"spec": spec},
+        )
+
+    def limits(self, name: str) -> dict:
+        return {
+            n: (e.get("maxBatchSize"), e.get("batchWindowMilliseconds"))
+            for n, e in self.snapshot(name)["endpoints"].items()
+        }
+
     def snapshot(self, name: str) -> dict:
         return scenario.pool_snapshot(self.api, self.namespace, name)
 
@@ -317,18 +333,11 @@ def test_prometheus_unreachable_holds_replicas_and_limits_then_control_resumes(
 ) -> None:
     before = loop.snapshot(pool)
     local = loop.cluster.local
-    custom = client.CustomObjectsApi(loop.api)
+    limits_before = loop.limits(pool)
     if local is not None:
         prometheus.stop(local)  # the real thing, stopped
     else:  # a cluster's own Prometheus cannot be stopped from here: point the pool elsewhere
-        custom.patch_namespaced_custom_object(
-            scenario.GROUP,
-            scenario.VERSION,
-            loop.namespace,
-            scenario.PLURAL,
-            pool,
-            {"spec": {"prometheus": {"url": "http://127.0.0.1:1"}}},
-        )
+        loop.patch_spec(pool, {"prometheus": {"url": "http://127.0.0.1:1"}})
     try:
         condition = wait_for(
             "MetricsAvailable=False",
@@ -340,26 +349,13 @@ def test_prometheus_unreachable_holds_replicas_and_limits_then_control_resumes(
         while time.monotonic() < held_until:
             now = loop.snapshot(pool)
             assert now["desired"] == before["desired"]
-            assert {
-                n: (e.get("maxBatchSize"), e.get("batchWindowMilliseconds"))
-                for n, e in now["endpoints"].items()
-            } == {
-                n: (e.get("maxBatchSize"), e.get("batchWindowMilliseconds"))
-                for n, e in before["endpoints"].items()
-            }
+            assert loop.limits(pool) == limits_before
             time.sleep(1)
     finally:
         if local is not None:
             prometheus.start(local)
         else:
-            custom.patch_namespaced_custom_object(
-                scenario.GROUP,
-                scenario.VERSION,
-                loop.namespace,
-                scenario.PLURAL,
-                pool,
-                {"spec": {"prometheus": None}},
-            )
+            loop.patch_spec(pool, {"prometheus": None})
     wait_for(
         "MetricsAvailable=True again",
         lambda: loop.condition(pool, "MetricsAvailable").get("status") == "True",
@@ -399,16 +395,8 @@ def test_operator_killed_mid_scale_converges_with_no_duplicates(loop: Loop, pool
 
 
 def test_worker_pod_killed_traffic_continues_on_the_others(loop: Loop, pool: str) -> None:
-    custom = client.CustomObjectsApi(loop.api)
     core = client.CoreV1Api(loop.api)
-    custom.patch_namespaced_custom_object(
-        scenario.GROUP,
-        scenario.VERSION,
-        loop.namespace,
-        scenario.PLURAL,
-        pool,
-        {"spec": {"replicas": {"min": 2}}},
-    )
+    loop.patch_spec(pool, {"replicas": {"min": 2}})
     wait_for("two ready workers", lambda: loop.snapshot(pool)["ready"] >= 2, 120)
     outcomes: list[load.Outcome] = []
     with loop.directory(pool) as directory:

@@ -49,10 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate",
         type=float,
-        default=1.0,
+        default=1.2,
         help="the trace's request rate multiplier (the default slice averages ~5.5/s)",
     )
-    parser.add_argument("--burst-factor", type=float, default=3.0)
+    parser.add_argument("--burst-factor", type=float, default=5.0)
     parser.add_argument(
         "--timing",
         choices=["poisson", "trace"],

@@ -62,7 +62,7 @@ def schedule_from_trace(
     duration_seconds: float,
     rate_multiplier: float = 1.0,
     token_divisor: float = 2.0,
-    max_prompt_tokens: int = 1536,
+    max_prompt_tokens: int = 1000,
     max_output_tokens: int = 16,
     burst: tuple[float, float, float] | None = None,
     timing: str = "trace",

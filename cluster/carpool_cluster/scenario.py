@@ -23,7 +23,7 @@ import yaml
 from kubernetes import client
 
 from carpool_cluster import processes
-from carpool_cluster.kubeconfig import write_token_kubeconfig
+from carpool_cluster.kubeconfig import service_account_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -109,14 +109,15 @@ def operator_kubeconfig(api: client.ApiClient, server: str, ca_file: str, folder
             ],
         },
     )
-    token = core.create_namespaced_service_account_token(
+    return service_account_kubeconfig(
+        api,
+        folder / "operator.kubeconfig",
+        server,
+        Path(ca_file),
         OPERATOR_ACCOUNT,
         OPERATOR_NAMESPACE,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600)
-        ),
-    ).status.token
-    return write_token_kubeconfig(folder / "operator.kubeconfig", server, Path(ca_file), token)
+        lifetime_seconds=24 * 3600,
+    )
 
 
 def start_operator(

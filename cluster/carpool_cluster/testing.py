@@ -22,7 +22,7 @@ from typing import TypeVar
 from kubernetes import client, config
 
 from carpool_cluster import binaries, controlplane, kubelet, processes, prometheus
-from carpool_cluster.kubeconfig import write_token_kubeconfig
+from carpool_cluster.kubeconfig import service_account_kubeconfig
 
 T = TypeVar("T")
 
@@ -165,17 +165,11 @@ def identity_kubeconfig(
                 },
             }
         )
-    token = core.create_namespaced_service_account_token(
-        account,
-        account_namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=6 * 3600)
-        ),
-    ).status.token
-    return write_token_kubeconfig(
+    return service_account_kubeconfig(
+        api,
         folder / f"{name}.kubeconfig",
         cluster.server,
         Path(cluster.ca_file),
-        token,
+        account,
         account_namespace,
     )
