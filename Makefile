@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test lint unit e2e deps python-deps binaries cluster-up cluster-down clean
 
 demo: deps
-	carpool demo
+	$(PYTHON) -m carpool_cli.main demo
 
 test: deps lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
@@ -34,13 +34,13 @@ $(STAMPS)/python: pyproject.toml
 	@touch $@
 
 binaries: python-deps
-	carpool cluster build
+	$(PYTHON) -m carpool_cli.main cluster build
 
 cluster-up: deps
-	carpool cluster up --gpu-nodes 2
+	$(PYTHON) -m carpool_cli.main cluster up --gpu-nodes 2
 
 cluster-down:
-	carpool cluster down
+	$(PYTHON) -m carpool_cli.main cluster down
 
 clean:
 	rm -rf .state .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -201,6 +202,9 @@ class PodProcess:
             for k, v in os.environ.items()
             if k in {"PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR"}
         }
+        # Commands such as `carpool` live beside this Python, on PATH or not.
+        scripts = os.path.dirname(sys.executable)
+        base_env["PATH"] = f"{scripts}:{base_env.get('PATH', '/usr/bin:/bin')}"
         with proc.log.open("ab") as sink:
             proc.popen = subprocess.Popen(
                 proc.argv,
