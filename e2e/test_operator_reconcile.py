@@ -65,9 +65,12 @@ def operator(api, ns, operator_kubeconfig, tmp_path_factory) -> Iterator[Operato
     # Delete the pools while the operator runs, so their finalizers are released.
     custom = client.CustomObjectsApi(api)
     custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+    # Each deletion waits for the pool's control-loop daemon and resync timer to stop before
+    # kopf releases the finalizer; on a busy two-core machine that can take a while.
     wait_for(
         "the pools to be deleted",
         lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"],
+        timeout_seconds=180,
     )
     process.stop()
 
