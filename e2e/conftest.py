@@ -15,14 +15,27 @@ from kubernetes import client
 
 from carpool_cluster import testing
 
+SERVER_VERSION = pytest.StashKey[str]()
+
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.TestCluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[testing.TestCluster]:
     started = testing.provide_cluster(tmp_path_factory.mktemp("carpool"))
+    version = client.VersionApi(started.admin_api()).get_code()
+    where = "local control plane" if started.local else f"KUBECONFIG={started.kubeconfig}"
+    pytestconfig.stash[SERVER_VERSION] = f"{version.git_version} ({version.platform}, {where})"
     try:
         yield started
     finally:
         started.close()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """Say which Kubernetes the e2e tests ran against, in every test run's output."""
+    if SERVER_VERSION in config.stash:
+        terminalreporter.write_line(f"kube-apiserver version: {config.stash[SERVER_VERSION]}")
 
 
 @pytest.fixture(scope="session")

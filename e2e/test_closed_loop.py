@@ -24,6 +24,7 @@ from carpool_cluster.testing import wait_for
 
 INTERVAL = 5  # spec.scaling.intervalSeconds
 STABILIZATION = 20  # spec.scaling.scaleDownStabilizationSeconds
+RATE_WINDOW = 20  # the operator's PromQL rate window (scenario.start_operator's default)
 SLA_SECONDS = 0.5
 CHART_OPERATOR = os.environ.get("CARPOOL_E2E_OPERATOR") == "chart"
 
@@ -247,10 +248,16 @@ def test_burst_scales_up_within_two_intervals_and_the_sla_is_met_again(
 
         wait_for("a scale-up", pressure_seen, 90, interval_seconds=0.5)
         scaled_at = time.monotonic()
-        assert signal_at, "the scale-up came before any queue was visible in Prometheus"
-        # Two control intervals, plus one scrape interval for the signal to be stored.
-        assert scaled_at - signal_at[0] <= 2 * INTERVAL + 2, (
-            f"scale-up {scaled_at - signal_at[0]:.1f}s after the queue signal"
+        # The policy may act on the rising arrival rate before any queue forms; when a queue
+        # did show first, the scale-up must follow within two control intervals (plus one
+        # scrape interval for the signal to be stored).
+        if signal_at:
+            assert scaled_at - signal_at[0] <= 2 * INTERVAL + 2, (
+                f"scale-up {scaled_at - signal_at[0]:.1f}s after the queue signal"
+            )
+        # Either way: within the rate window plus two control intervals of the burst's start.
+        assert scaled_at - started <= RATE_WINDOW + 2 * INTERVAL + 2, (
+            f"scale-up {scaled_at - started:.1f}s after the burst started"
         )
 
         def sla_met_again() -> bool:
