@@ -74,7 +74,7 @@ if [[ $(id -u) != 0 ]]; then
   SUDO=(sudo -n)
 fi
 
-# shellcheck disable=SC2317 # run by the EXIT trap
+# shellcheck disable=SC2317,SC2329 # run by the EXIT trap
 cleanup() {
   local status=$?
   set +e
