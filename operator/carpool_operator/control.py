@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -62,20 +63,29 @@ class StepResult:
     pushed: list[push.PushResult]
 
 
+# Parsed profiles by (namespace, ConfigMap name): re-parsed only when the ConfigMap changes.
+_profiles: dict[tuple[str, str], tuple[str, Profile | None]] = {}
+
+
 def _profile(kube: Kube, pool: Obj, spec: PoolSpec) -> Profile | None:
     name = spec.scaling.profile_config_map
     if not name:
         return None
-    config_map = kube.get("ConfigMap", pool["metadata"]["namespace"], name)
-    text = ((config_map or {}).get("data") or {}).get("profile.json")
-    if not text:
+    namespace = pool["metadata"]["namespace"]
+    config_map = kube.get("ConfigMap", namespace, name)
+    if config_map is None:
         return None
+    version = config_map["metadata"].get("resourceVersion", "")
+    cached = _profiles.get((namespace, name))
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    text = (config_map.get("data") or {}).get("profile.json")
     try:
-        import json
-
-        return Profile.from_dict(json.loads(text))
+        profile = Profile.from_dict(json.loads(text)) if text else None
     except (ValueError, ProfileError):
-        return None
+        profile = None  # an unreadable profile: decide from measurements alone
+    _profiles[(namespace, name)] = (version, profile)
+    return profile
 
 
 def _admin_token(kube: Kube, namespace: str, pool_name: str) -> str | None:
@@ -214,8 +224,7 @@ def _apply_limits(kube: Kube, namespace: str, name: str, pods) -> list[push.Push
     token = _admin_token(kube, namespace, name)
     if document is None or token is None:
         return []
-    port = int(((fresh["spec"].get("worker") or {}).get("port")) or 8000)
-    return push.push_limits(pods, port, token, document)
+    return push.push_limits(pods, worker_port(fresh), token, document)
 
 
 def worker_port(pool: Mapping[str, Any]) -> int:

@@ -19,6 +19,7 @@ import kopf
 
 from carpool_operator import control, control_metrics, names
 from carpool_operator.settings import OperatorConfig
+from carpool_policy import PoolSpec
 
 POOLS = (names.GROUP, names.VERSION, names.PLURAL)
 DEFAULT_INTERVAL_SECONDS = 15.0
@@ -42,10 +43,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                 pool = await asyncio.to_thread(memo.kube.get, "InferencePool", namespace, name)
                 if pool is None:
                     return
-                interval = float(
-                    ((pool.get("spec") or {}).get("scaling") or {}).get("intervalSeconds")
-                    or DEFAULT_INTERVAL_SECONDS
-                )
+                interval = float(PoolSpec.from_crd(pool.get("spec") or {}).scaling.interval_seconds)
                 await asyncio.to_thread(
                     control.control_step, memo.kube, pool, cache, config.prometheus_url
                 )
