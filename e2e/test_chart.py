@@ -301,6 +301,33 @@ def test_installed_operator_reconciles_the_example_pool(api: client.ApiClient, p
     assert deployment.metadata.owner_references[0].uid == body["metadata"]["uid"]
 
 
+DECISION_REASONS = {
+    "metrics_unavailable",
+    "series_missing",
+    "not_auto",
+    "capacity_limited",
+    "sla_missed",
+    "sla_at_risk",
+    "load_fell",
+    "load_changed",
+    "steady",
+}
+
+
+def test_the_operators_decisions_say_why(pool: str, prometheus_url: str) -> None:
+    # The dashboard's "decisions by reason" panel: each series names its action and a reason
+    # from the fixed vocabulary of docs/observability.md.
+    selector = f'carpool_control_decisions_total{{namespace="{pool}",pool="{POOL}"}}'
+    series = wait_for(
+        "the control loop's decisions in Prometheus",
+        lambda: prom(prometheus_url, "query", selector)["result"],
+        90,
+        1,
+    )
+    labels = {(s["metric"].get("action"), s["metric"].get("reason")) for s in series}
+    assert all(reason in DECISION_REASONS for _, reason in labels), labels
+
+
 EXPRESSIONS = dashboard_expressions() + alert_expressions()
 
 

@@ -9,8 +9,9 @@ in the operator's registry (``carpool_operator.metrics.REGISTRY``):
 - ``carpool_endpoint_target_limit{namespace,pool,endpoint,limit}`` — the limits decided;
 - ``carpool_pool_metrics_available{namespace,pool}`` — 1 when the policy had fresh data;
 - ``carpool_pool_capacity_limited{namespace,pool}`` — 1 when pods wait for GPUs;
-- ``carpool_control_decisions_total{namespace,pool,action}`` — action scale_up | scale_down |
-  retune | hold;
+- ``carpool_control_decisions_total{namespace,pool,action,reason}`` — action scale_up |
+  scale_down | retune | hold; reason from ``decision_reason`` (a fixed vocabulary, so the
+  label cannot grow without bound);
 - ``carpool_control_errors_total{namespace,pool}`` via ``count_error``.
 
 The labels name the pool, not the operator pod: scrape the operator with ``honor_labels``.
@@ -54,8 +55,8 @@ CAPACITY_LIMITED = prometheus_client.Gauge(
 )
 DECISIONS = prometheus_client.Counter(
     "carpool_control_decisions_total",
-    "Control-loop decisions by what they did.",
-    [*POOL, "action"],
+    "Control-loop decisions by what they did and why.",
+    [*POOL, "action", "reason"],
     registry=REGISTRY,
 )
 ERRORS = prometheus_client.Counter(
@@ -89,11 +90,39 @@ def record(
                 TARGET_LIMIT.labels(**labels, endpoint=endpoint.name, limit=name).set(value)
     METRICS_AVAILABLE.labels(**labels).set(1 if observation.available else 0)
     CAPACITY_LIMITED.labels(**labels).set(1 if observation.pending_unschedulable_replicas else 0)
+    action = decision_action(observation, decision, scaled, retuned)
+    DECISIONS.labels(**labels, action=action, reason=decision_reason(spec, decision, action)).inc()
+
+
+def decision_action(
+    observation: Observation, decision: Decision, scaled: bool, retuned: bool
+) -> str:
     if scaled:
-        action = "scale_up" if decision.replicas > observation.desired_replicas else "scale_down"
-    else:
-        action = "retune" if retuned else "hold"
-    DECISIONS.labels(**labels, action=action).inc()
+        return "scale_up" if decision.replicas > observation.desired_replicas else "scale_down"
+    return "retune" if retuned else "hold"
+
+
+def decision_reason(spec: PoolSpec, decision: Decision, action: str) -> str:
+    """One word for why: what stopped the policy first, else what drove the action.
+
+    metrics_unavailable | series_missing (hold, no scale-down) | not_auto (Recommend or Manual:
+    nothing applied) | capacity_limited | sla_missed (measured p95 over budget) | sla_at_risk
+    (scale-up: the model predicts a miss at the old size) | load_fell (scale-down) |
+    load_changed (retune) | steady (hold).
+    """
+    metrics = decision.condition("MetricsAvailable")
+    if metrics is not None and metrics.status == "False":
+        return "series_missing" if metrics.reason == "SeriesMissing" else "metrics_unavailable"
+    if spec.scaling.mode != "Auto":
+        return "not_auto"
+    capacity = decision.condition("CapacityLimited")
+    if capacity is not None and capacity.status == "True":
+        return "capacity_limited"
+    sla = decision.condition("SLAMet")
+    if sla is not None and sla.status == "False":
+        return "sla_missed"
+    drivers = {"scale_up": "sla_at_risk", "scale_down": "load_fell", "retune": "load_changed"}
+    return drivers.get(action, "steady")
 
 
 def count_error(namespace: str, pool: str) -> None:
