@@ -26,6 +26,8 @@ INTERVAL = 5  # spec.scaling.intervalSeconds
 STABILIZATION = 20  # spec.scaling.scaleDownStabilizationSeconds
 RATE_WINDOW = 20  # the operator's PromQL rate window (scenario.start_operator's default)
 SLA_SECONDS = 0.5
+PROMPT_TOKENS, MAX_TOKENS = 1000, 12  # prefill-heavy, like the code-completion trace
+OVERLOAD = 1.35  # a burst's arrival rate over what one worker can serve
 CHART_OPERATOR = os.environ.get("CARPOOL_E2E_OPERATOR") == "chart"
 
 
@@ -214,10 +216,6 @@ def overload_rate(loop: Loop, pool: str) -> float:
         capacity = one_worker_capacity(directory)
     print(f"one worker serves {capacity:.1f} requests/s; bursts arrive at {OVERLOAD}x that")
     return OVERLOAD * capacity
-
-
-PROMPT_TOKENS, MAX_TOKENS = 1000, 12  # prefill-heavy, like the code-completion trace
-OVERLOAD = 1.35  # a burst's arrival rate over what one worker can serve
 
 
 def burst(rate: float, seconds: float) -> list[load.Arrival]:
