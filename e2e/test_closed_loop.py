@@ -27,7 +27,9 @@ STABILIZATION = 20  # spec.scaling.scaleDownStabilizationSeconds
 RATE_WINDOW = 20  # the operator's PromQL rate window (scenario.start_operator's default)
 SLA_SECONDS = 0.5
 PROMPT_TOKENS, MAX_TOKENS = 1000, 12  # prefill-heavy, like the code-completion trace
-OVERLOAD = 1.35  # a burst's arrival rate over what one worker can serve
+# A burst's arrival rate over one worker's saturated throughput: near saturation its queue
+# breaks the 500 ms SLA (25 requests/s on the development machine), and two workers hold it.
+OVERLOAD = 0.9
 CHART_OPERATOR = os.environ.get("CARPOOL_E2E_OPERATOR") == "chart"
 
 
@@ -214,7 +216,7 @@ def overload_rate(loop: Loop, pool: str) -> float:
     with loop.directory(pool) as directory:
         wait_for("the pool's worker in the directory", lambda: directory.addresses, 30)
         capacity = one_worker_capacity(directory)
-    print(f"one worker serves {capacity:.1f} requests/s; bursts arrive at {OVERLOAD}x that")
+    print(f"one worker completes {capacity:.1f} requests/s; bursts arrive at {OVERLOAD}x that")
     return OVERLOAD * capacity
 
 
@@ -225,19 +227,22 @@ def burst(rate: float, seconds: float) -> list[load.Arrival]:
 
 
 def one_worker_capacity(directory: load.PodDirectory) -> float:
-    """Requests per second one worker serves, measured one request at a time.
+    """Requests per second one worker completes when it has more than it can take at once.
 
     The workers share this machine's CPU, so a fixed burst rate that overloads one worker on
     a fast machine can overload every CPU of a slow one, and no scale-up could bring the SLA
-    back. Bursts are sized from this instead: one worker overloaded, the machine not.
+    back. Bursts are sized from this instead: one worker overloaded, the machine not. It is
+    measured as throughput (a batch of requests sent together, so continuous batching counts)
+    and the best of three rounds (a moment of contention only makes a round slower).
     """
-    spaced = [load.Arrival(i * 1.0, "interactive", PROMPT_TOKENS, MAX_TOKENS) for i in range(8)]
-    outcomes = load.replay(spaced, directory, 30)
-    durations = sorted(
-        o.finished_at - o.sent_at for o in outcomes if o.status == 200 and o.finished_at
-    )
-    assert len(durations) >= 6, f"the calibration requests failed: {outcomes}"
-    return 1.0 / durations[len(durations) // 2]
+    best = 0.0
+    for _round in range(3):
+        together = [load.Arrival(0.0, "interactive", PROMPT_TOKENS, MAX_TOKENS)] * 24
+        outcomes = [o for o in load.replay(together, directory, 60) if o.status == 200]
+        assert len(outcomes) >= 20, f"the calibration requests failed: {outcomes}"
+        span = max(o.finished_at for o in outcomes) - min(o.sent_at for o in outcomes)
+        best = max(best, len(outcomes) / span)
+    return best
 
 
 def run_in_background(target) -> threading.Thread:
