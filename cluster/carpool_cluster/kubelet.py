@@ -29,6 +29,8 @@ from carpool_cluster.podrunner import PodProcess
 
 LEASE_SECONDS = 40
 TICK_SECONDS = 0.5
+# Well inside the 10 s that `processes.stop` gives this process before SIGKILL.
+SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 def _now() -> datetime.datetime:
@@ -258,8 +260,14 @@ class ProcessKubelet:
                 raise
 
     def shutdown(self) -> None:
+        # Every pod gets the same few seconds, together: stopping them one after another could
+        # outlast the grace this process itself gets, and its pods (each in its own session)
+        # would outlive it.
         for running in self.pods.values():
-            running.stop(grace_seconds=5)
+            running.terminate()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for running in self.pods.values():
+            running.finish(deadline)
         self.pods.clear()
 
     def run(self) -> None:

@@ -257,12 +257,21 @@ class PodProcess:
             return False
 
     def stop(self, grace_seconds: float) -> None:
-        running = [p for p in self.containers if p.popen and p.popen.poll() is None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        for proc in running:
+        self.terminate()
+        self.finish(time.monotonic() + grace_seconds)
+
+    def terminate(self) -> None:
+        """SIGTERM every running container's process group."""
+        for proc in self.containers:
+            if proc.popen and proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+
+    def finish(self, deadline: float) -> None:
+        """Wait for the containers until `deadline` (monotonic), then SIGKILL what is left."""
+        for proc in self.containers:
+            if proc.popen is None:
+                continue
             try:
                 proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
