@@ -21,6 +21,7 @@ from kubernetes import client
 
 from carpool_cluster import binaries, testing
 from carpool_cluster.testing import wait_for
+from carpool_operator.control_metrics import DECISION_REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "carpool"
@@ -301,22 +302,9 @@ def test_installed_operator_reconciles_the_example_pool(api: client.ApiClient, p
     assert deployment.metadata.owner_references[0].uid == body["metadata"]["uid"]
 
 
-DECISION_REASONS = {
-    "metrics_unavailable",
-    "series_missing",
-    "not_auto",
-    "capacity_limited",
-    "sla_missed",
-    "sla_at_risk",
-    "load_fell",
-    "load_changed",
-    "steady",
-}
-
-
 def test_the_operators_decisions_say_why(pool: str, prometheus_url: str) -> None:
     # The dashboard's "decisions by reason" panel: each series names its action and a reason
-    # from the fixed vocabulary of docs/observability.md.
+    # from the operator's fixed vocabulary.
     selector = f'carpool_control_decisions_total{{namespace="{pool}",pool="{POOL}"}}'
     series = wait_for(
         "the control loop's decisions in Prometheus",

@@ -102,14 +102,21 @@ def decision_action(
     return "retune" if retuned else "hold"
 
 
-def decision_reason(spec: PoolSpec, decision: Decision, action: str) -> str:
-    """One word for why: what stopped the policy first, else what drove the action.
+DECISION_REASONS = (
+    "metrics_unavailable",  # Prometheus down, no samples or stale: hold
+    "series_missing",  # an endpoint's arrival rate is absent: no scale-down
+    "not_auto",  # Recommend or Manual mode: nothing applied
+    "capacity_limited",  # pods Pending for GPUs, or at replicas.max
+    "sla_missed",  # a measured p95 TTFT over its budget
+    "sla_at_risk",  # a scale-up the model asks for while the SLA holds
+    "load_fell",  # scale-down
+    "load_changed",  # retune
+    "steady",  # hold
+)
 
-    metrics_unavailable | series_missing (hold, no scale-down) | not_auto (Recommend or Manual:
-    nothing applied) | capacity_limited | sla_missed (measured p95 over budget) | sla_at_risk
-    (scale-up: the model predicts a miss at the old size) | load_fell (scale-down) |
-    load_changed (retune) | steady (hold).
-    """
+
+def decision_reason(spec: PoolSpec, decision: Decision, action: str) -> str:
+    """One of `DECISION_REASONS`: what stopped the policy first, else what drove the action."""
     metrics = decision.condition("MetricsAvailable")
     if metrics is not None and metrics.status == "False":
         return "series_missing" if metrics.reason == "SeriesMissing" else "metrics_unavailable"
