@@ -21,6 +21,7 @@ from kubernetes import client
 
 from carpool_cluster import load, processes, prometheus, scenario, testing
 from carpool_cluster.testing import wait_for
+from carpool_operator.testing import delete_pools
 
 INTERVAL = 5  # spec.scaling.intervalSeconds
 STABILIZATION = 20  # spec.scaling.scaleDownStabilizationSeconds
@@ -172,26 +173,7 @@ def loop(
     try:
         yield harness
     finally:
-        custom = client.CustomObjectsApi(api)
-        for pool in custom.list_namespaced_custom_object(
-            scenario.GROUP, scenario.VERSION, namespace, scenario.PLURAL
-        )["items"]:
-            custom.delete_namespaced_custom_object(
-                scenario.GROUP,
-                scenario.VERSION,
-                namespace,
-                scenario.PLURAL,
-                pool["metadata"]["name"],
-            )
-        wait_for(
-            "the pools to be finalized",
-            lambda: (
-                not custom.list_namespaced_custom_object(
-                    scenario.GROUP, scenario.VERSION, namespace, scenario.PLURAL
-                )["items"]
-            ),
-            60,
-        )
+        delete_pools(api, namespace)  # while the operator runs: it releases the finalizers
         harness.stop_operator()
         client.CoreV1Api(api).delete_namespace(namespace)
 

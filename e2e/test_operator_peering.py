@@ -17,14 +17,15 @@ from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
 from carpool_operator.kube import Kube
 from carpool_operator.testing import (
-    RBAC_RULES,
+    GROUP,
+    PLURAL,
+    VERSION,
     OperatorProcess,
-    delete_cluster_identity,
+    delete_pools,
     install_crds,
+    operator_identity,
 )
 
-ACCOUNT = "carpool-operator"
-GROUP, VERSION, PLURAL = "carpool.dev", "v1alpha1", "inferencepools"
 RECONCILES = "carpool_operator_reconciles_total"
 
 
@@ -38,12 +39,8 @@ def ns(api: client.ApiClient) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def identity(cluster, api, ns, tmp_path_factory) -> Iterator[Path]:
-    path = testing.identity_kubeconfig(
-        cluster, api, tmp_path_factory.mktemp("identity"),
-        account=ACCOUNT, account_namespace=ns, rules=RBAC_RULES,
-    )  # fmt: skip
-    yield path
-    delete_cluster_identity(api, ns, ACCOUNT)
+    with operator_identity(cluster, api, ns, tmp_path_factory.mktemp("identity")) as path:
+        yield path
 
 
 @pytest.fixture
@@ -85,15 +82,6 @@ def _reconciled(kube: Kube, ns: str, name: str, generation: int) -> dict:
     return wait_for(f"pool {name} reconciled at generation {generation}", probe, 90)
 
 
-def _delete_pools(api, ns: str) -> None:
-    custom = client.CustomObjectsApi(api)
-    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
-    wait_for(
-        "the pools to be deleted",
-        lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"],
-    )
-
-
 def test_restart_converges_with_no_duplicates(api, ns, identity, kube, tmp_path):
     operator = _operator(identity, ns, tmp_path, "first", peering="restart").start()
     try:
@@ -118,7 +106,7 @@ def test_restart_converges_with_no_duplicates(api, ns, identity, kube, tmp_path)
             "example/worker:0.2.0"
         )
         assert kube.get("Secret", ns, "survivor-admin")["data"]["token"] == token
-        _delete_pools(api, ns)
+        delete_pools(api, ns)
     finally:
         operator.stop()
 
@@ -150,7 +138,7 @@ def test_of_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
             "example/worker:0.3.0"
         )
-        _delete_pools(api, ns)
+        delete_pools(api, ns)
     finally:
         active.stop()
         standby.stop()

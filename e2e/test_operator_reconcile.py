@@ -21,14 +21,16 @@ from carpool_cluster.testing import wait_for
 from carpool_operator import limits
 from carpool_operator.kube import Kube
 from carpool_operator.testing import (
-    RBAC_RULES,
+    ACCOUNT,
+    GROUP,
+    PLURAL,
+    VERSION,
     OperatorProcess,
-    delete_cluster_identity,
+    delete_pools,
     install_crds,
+    operator_identity,
 )
 
-ACCOUNT = "carpool-operator"
-GROUP, VERSION, PLURAL = "carpool.dev", "v1alpha1", "inferencepools"
 OWNED = {
     "Deployment": "{}-worker",
     "Service": "{}",
@@ -48,12 +50,8 @@ def ns(api: client.ApiClient) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def operator_kubeconfig(cluster, api, ns, tmp_path_factory) -> Iterator[Path]:
-    path = testing.identity_kubeconfig(
-        cluster, api, tmp_path_factory.mktemp("identity"),
-        account=ACCOUNT, account_namespace=ns, rules=RBAC_RULES,
-    )  # fmt: skip
-    yield path
-    delete_cluster_identity(api, ns, ACCOUNT)
+    with operator_identity(cluster, api, ns, tmp_path_factory.mktemp("identity")) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +60,7 @@ def operator(api, ns, operator_kubeconfig, tmp_path_factory) -> Iterator[Operato
     process = OperatorProcess(operator_kubeconfig, log, namespaces=[ns], resync_seconds=5)
     process.start()
     yield process
-    # Delete the pools while the operator runs, so their finalizers are released.
-    custom = client.CustomObjectsApi(api)
-    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
-    # Each deletion waits for the pool's control-loop daemon and resync timer to stop before
-    # kopf releases the finalizer; on a busy two-core machine that can take a while.
-    wait_for(
-        "the pools to be deleted",
-        lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"],
-        timeout_seconds=180,
-    )
+    delete_pools(api, ns)  # while the operator runs, so their finalizers are released
     process.stop()
 
 

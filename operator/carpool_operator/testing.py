@@ -6,7 +6,11 @@ Contract:
 - `RBAC_RULES` are the operator's rules (charts/carpool/files/operator-rbac.yaml), the ones a
   test identity for the operator must be given; `delete_cluster_identity(api, namespace,
   account)` removes the ClusterRole and binding `carpool_cluster.testing.identity_kubeconfig`
-  made for it.
+  made for it. `operator_identity(cluster, api, namespace, folder)` does both around a block:
+  it yields a kubeconfig for the ServiceAccount `ACCOUNT` in `namespace` with exactly those
+  rules.
+- `delete_pools(api, namespace)` deletes every InferencePool there and waits until they are
+  gone (an operator must be running: it releases their finalizers).
 - `OperatorProcess(kubeconfig, namespaces=..., ...)` runs `carpool operator` with KUBECONFIG set
   to `kubeconfig` (give it a least-privilege identity, not the admin's), its metrics and health
   endpoints on free loopback ports, and its log in `log_path`. `start()` returns once the health
@@ -17,6 +21,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,17 +29,50 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
 from kubernetes import client
+
+from carpool_cluster.testing import TestCluster, identity_kubeconfig, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO / "crds"
 RBAC_RULES: list[dict] = yaml.safe_load(
     (REPO / "charts" / "carpool" / "files" / "operator-rbac.yaml").read_text()
 )
+
+
+ACCOUNT = "carpool-operator"
+GROUP, VERSION, PLURAL = "carpool.dev", "v1alpha1", "inferencepools"
+
+
+@contextlib.contextmanager
+def operator_identity(
+    cluster: TestCluster, api: client.ApiClient, namespace: str, folder: Path
+) -> Iterator[Path]:
+    path = identity_kubeconfig(
+        cluster, api, folder, account=ACCOUNT, account_namespace=namespace, rules=RBAC_RULES
+    )
+    try:
+        yield path
+    finally:
+        delete_cluster_identity(api, namespace, ACCOUNT)
+
+
+def delete_pools(api: client.ApiClient, namespace: str, timeout_seconds: float = 180.0) -> None:
+    custom = client.CustomObjectsApi(api)
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    # Each deletion waits for the pool's control-loop daemon and resync timer to stop before
+    # kopf releases the finalizer; on a busy two-core machine that can take a while.
+    wait_for(
+        "the pools to be deleted",
+        lambda: (
+            not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        ),
+        timeout_seconds,
+    )
 
 
 def delete_cluster_identity(api: client.ApiClient, namespace: str, account: str) -> None:
