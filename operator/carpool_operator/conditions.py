@@ -3,7 +3,10 @@
 Contract (pure): `set_condition(conditions, type_, status, reason, message, generation, now)`
 returns a new list with that condition replaced or added; `lastTransitionTime` changes only
 when `status` does, so re-setting a condition with a new message keeps its transition time.
-`ready(...)`, `reconciled(...)` and `scaler_conflict(...)` compute the operator's conditions;
+`ready(spec, deployment, current)`, `reconciled(...)` and `scaler_conflict(...)` compute the
+operator's conditions; Ready names the real cause when no worker serves: an apply failure
+(Reconciled=False, with the API server's answer) before anything the Deployment says, and for a
+Deployment at 0 replicas who put it there (manualReplicas, an external scaler, someone else);
 `initial(...)` is what the first visit sets for the control loop's conditions when they are
 absent (Unknown until the control loop has observed the pool). `worst_endpoint(spec, endpoints)`
 is the printer column's summary: the SLA endpoint with the highest measured p95 TTFT relative
@@ -62,14 +65,32 @@ def set_condition(
     return sorted(out, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
 
 
-def ready(desired: int, ready_replicas: int, unavailable_reason: str = "") -> Condition:
-    if desired == 0:
+def ready(
+    spec: Mapping[str, Any],
+    deployment: Mapping[str, Any] | None,
+    current: Sequence[Mapping[str, Any]] | None,
+) -> Condition:
+    """Ready from the worker Deployment and the conditions already set (Reconciled, ScalerConflict).
+
+    An apply failure comes first: whatever the Deployment shows is then not what the spec asks
+    for, and the API server's answer is what the user has to fix.
+    """
+    desired = int(((deployment or {}).get("spec") or {}).get("replicas", 0))
+    ready_replicas = int(((deployment or {}).get("status") or {}).get("readyReplicas", 0))
+    reconciled = find(current, RECONCILED)
+    if reconciled is not None and reconciled.get("status") == "False":
+        serving = ""
+        if deployment is not None:
+            serving = f"; {ready_replicas} of {desired} workers of an earlier spec are ready"
+        return Condition(READY, "False", "ApplyFailed", f"{reconciled.get('message')}{serving}")
+    if deployment is None:
         return Condition(
-            READY, "False", "ScaledToZero", "scaling.manualReplicas is 0: no worker runs"
+            READY, "False", "NoWorkerDeployment", "the worker Deployment does not exist yet"
         )
+    if desired == 0:
+        return Condition(READY, "False", "ScaledToZero", _scaled_to_zero(spec, current))
     if ready_replicas == 0:
-        why = f" ({unavailable_reason})" if unavailable_reason else ""
-        return Condition(READY, "False", "NoReadyWorkers", f"0 of {desired} workers are ready{why}")
+        return Condition(READY, "False", "NoReadyWorkers", f"0 of {desired} workers are ready")
     if ready_replicas < desired:
         return Condition(
             READY,
@@ -79,6 +100,31 @@ def ready(desired: int, ready_replicas: int, unavailable_reason: str = "") -> Co
         )
     return Condition(
         READY, "True", "WorkersReady", f"{ready_replicas} of {desired} workers are ready"
+    )
+
+
+def _scaled_to_zero(spec: Mapping[str, Any], current: Sequence[Mapping[str, Any]] | None) -> str:
+    """Who holds the worker Deployment at 0 replicas, in the words of the spec."""
+    scaling = spec.get("scaling") or {}
+    mode = scaling.get("mode", "Auto")
+    conflict = find(current, SCALER_CONFLICT)
+    if conflict is not None and conflict.get("status") == "True":
+        return f"the worker Deployment has 0 replicas: {conflict.get('message')}"
+    if mode == "Manual" and scaling.get("manualReplicas") == 0:
+        return "scaling.manualReplicas is 0: no worker runs"
+    if mode == "Recommend":
+        return (
+            "the worker Deployment has 0 replicas: in scaling.mode Recommend the worker count "
+            "is yours to set"
+        )
+    target = (
+        f"scaling.manualReplicas ({scaling.get('manualReplicas')})"
+        if mode == "Manual"
+        else f"replicas.min ({(spec.get('replicas') or {}).get('min', 1)})"
+    )
+    return (
+        f"the worker Deployment was scaled to 0 outside the operator; the operator sets it "
+        f"back to {target}"
     )
 
 

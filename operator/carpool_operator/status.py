@@ -10,7 +10,8 @@ Contract (pure; `now` is an RFC 3339 timestamp passed in):
   so it never claims a generation whose objects were not applied.
 - `deployment_status(spec, status, deployment, generation, now)` refreshes replicas,
   readyReplicas, desiredReplicas (kept in Recommend mode, where the control loop sets it to its
-  recommendation), worstEndpoint and the Ready condition from the worker Deployment.
+  recommendation), worstEndpoint and the Ready condition from the worker Deployment and the
+  conditions already in `status` (so a failed apply stays the Ready reason until one succeeds).
 Fields this module does not know (the control loop's) are carried over untouched.
 """
 
@@ -79,6 +80,6 @@ def deployment_status(
     worst = conditions.worst_endpoint(spec, out.get("endpoints"))
     if worst is not None:
         out["worstEndpoint"] = worst
-    ready = conditions.ready(desired, out["readyReplicas"])
+    ready = conditions.ready(spec, deployment, out.get("conditions"))
     out["conditions"] = conditions.set_condition(out.get("conditions"), ready, generation, now)
     return out

@@ -31,18 +31,76 @@ def test_other_conditions_are_kept():
     assert [c["type"] for c in both] == ["Ready", "SLAMet"]
 
 
+def _deployment(desired: int, ready: int) -> dict:
+    return {"spec": {"replicas": desired}, "status": {"readyReplicas": ready}}
+
+
 @pytest.mark.parametrize(
     ("desired", "ready", "status", "reason"),
     [
-        (0, 0, "False", "ScaledToZero"),
         (2, 0, "False", "NoReadyWorkers"),
         (2, 1, "True", "WorkersStarting"),
         (2, 2, "True", "WorkersReady"),
     ],
 )
-def test_ready_condition(desired, ready, status, reason):
-    condition = conditions.ready(desired, ready)
+def test_ready_follows_the_workers(pool, desired, ready, status, reason):
+    condition = conditions.ready(pool["spec"], _deployment(desired, ready), [])
     assert (condition.status, condition.reason) == (status, reason)
+
+
+APPLY_FAILED = {
+    "type": "Reconciled",
+    "status": "False",
+    "reason": "ApplyFailed",
+    "message": 'Deployment a-worker: Deployment.apps "a-worker" is invalid: spec.template...',
+}
+
+
+def test_apply_failure_without_a_deployment_is_the_ready_reason_not_scaled_to_zero(pool):
+    condition = conditions.ready(pool["spec"], None, [APPLY_FAILED])
+    assert (condition.status, condition.reason) == ("False", "ApplyFailed")
+    assert condition.message == APPLY_FAILED["message"]
+
+
+def test_apply_failure_outranks_ready_workers_of_an_earlier_spec(pool):
+    condition = conditions.ready(pool["spec"], _deployment(2, 2), [APPLY_FAILED])
+    assert (condition.status, condition.reason) == ("False", "ApplyFailed")
+    assert condition.message.startswith(APPLY_FAILED["message"])
+    assert "2 of 2 workers of an earlier spec are ready" in condition.message
+
+
+def test_no_deployment_without_an_error_is_not_called_scaled_to_zero(pool):
+    condition = conditions.ready(pool["spec"], None, [])
+    assert (condition.status, condition.reason) == ("False", "NoWorkerDeployment")
+
+
+def test_manual_zero_is_scaled_to_zero_by_manual_replicas(pool):
+    pool["spec"]["scaling"].update(mode="Manual", manualReplicas=0)
+    condition = conditions.ready(pool["spec"], _deployment(0, 0), [])
+    assert (condition.status, condition.reason) == ("False", "ScaledToZero")
+    assert condition.message == "scaling.manualReplicas is 0: no worker runs"
+
+
+def test_zero_workers_on_an_auto_pool_never_blames_manual_replicas(pool):
+    condition = conditions.ready(pool["spec"], _deployment(0, 0), [])
+    assert condition.reason == "ScaledToZero"
+    assert "manualReplicas" not in condition.message
+    assert "outside the operator" in condition.message and "replicas.min (1)" in condition.message
+
+
+def test_zero_workers_held_by_an_external_scaler_names_it(pool):
+    conflict = conditions.scaler_conflict(["ScaledObject/queue"], "assistant-worker")
+    current = conditions.set_condition([], conflict, 1, "T")
+    condition = conditions.ready(pool["spec"], _deployment(0, 0), current)
+    assert condition.reason == "ScaledToZero"
+    assert "ScaledObject/queue" in condition.message
+
+
+def test_zero_workers_in_recommend_mode_leave_the_count_to_the_user(pool):
+    pool["spec"]["scaling"]["mode"] = "Recommend"
+    condition = conditions.ready(pool["spec"], _deployment(0, 0), [])
+    assert condition.reason == "ScaledToZero"
+    assert "scaling.mode Recommend" in condition.message
 
 
 def test_scaler_conflict_names_the_autoscaler_and_the_deployment():

@@ -31,6 +31,26 @@ def test_error_keeps_the_last_observed_generation(pool):
     assert conditions.find(result["conditions"], "Reconciled")["message"] == "Deployment: bad"
 
 
+def test_apply_failure_on_a_new_auto_pool_is_the_ready_reason(pool):
+    error = 'Deployment assistant-worker: Deployment.apps "assistant-worker" is invalid: bad'
+    result = status.build_status(pool, 1, None, None, NO_CONFLICT, error, "T")
+    ready = conditions.find(result["conditions"], "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "ApplyFailed", error)
+
+
+def test_deployment_status_moving_keeps_an_apply_failure_as_the_ready_reason(pool):
+    failed = status.build_status(pool, 2, DEPLOYMENT, None, NO_CONFLICT, "Deployment: bad", "T")
+    result = status.deployment_status(pool["spec"], failed, DEPLOYMENT, 2, "T2")
+    assert _types(result)["Ready"] == ("False", "ApplyFailed")
+
+
+def test_success_after_a_failure_gives_ready_back_to_the_workers(pool):
+    failed = status.build_status(pool, 2, DEPLOYMENT, None, NO_CONFLICT, "Deployment: bad", "T")
+    pool["status"] = failed
+    result = status.build_status(pool, 3, DEPLOYMENT, None, NO_CONFLICT, None, "T2")
+    assert _types(result)["Ready"] == ("True", "WorkersStarting")
+
+
 def test_endpoint_observations_are_kept_and_removed_endpoints_dropped(pool):
     pool["status"] = {
         "endpoints": [
