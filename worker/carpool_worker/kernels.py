@@ -8,7 +8,9 @@ rounding) with fewer passes over memory:
 - ``silu_mul``: SwiGLU's activation and product over the fused gate/up GEMM output;
 - ``rope_and_cache``: RoPE on q and k and the k/v write into the cache in one launch;
 - ``decode_attention``: split-K ("flash-decoding") attention that reads only each row's live
-  context, each key/value once per group of query heads, then a small merge kernel.
+  context, each key/value once per group of query heads, then a small merge kernel;
+- ``prefill_attention``: not a Triton kernel but the shared SDPA call of ``torch_ops`` (flash
+  attention over the cache in place, bottom-right causal, native grouped-query heads).
 
 All launches take device tensors only (no host values that change between steps), so a decode
 step built from them can be captured in a CUDA graph.
@@ -20,6 +22,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from .torch_ops import prefill_attention
 
 
 @triton.jit
@@ -269,6 +273,9 @@ class TritonOps:
         out = torch.empty((b, h * d), device=q.device, dtype=q.dtype)
         _decode_attn_merge_kernel[(b * h,)](partial, lse, out, D=d, SPLITS=splits)
         return out
+
+    def prefill_attention(self, q, k, v):
+        return prefill_attention(q, k, v)
 
     def lm_head(self, h, weight):
         return F.linear(h, weight)

@@ -108,8 +108,14 @@ class LlamaModel:
 
     # -- forward ----------------------------------------------------------------------------
 
-    def _layers(self, x, cache: KVCache, slots, positions, attend):
-        """Runs all layers over flat tokens ``x`` (N, hidden); ``attend(layer, q)`` -> (N, H*d)."""
+    def _layers(self, x, cache: KVCache, slots, positions, attend, keep=None):
+        """Runs all layers over flat tokens ``x`` (N, hidden); ``attend(layer, q)`` -> (M, H*d).
+
+        ``keep`` (row indices, or None for all) names the rows whose output is wanted. The last
+        layer still writes every row's key and value, but past that write only the kept rows
+        matter, so its attention, o projection and MLP run on those alone: for a prompt chunk
+        that saves a whole layer's GEMMs but one row. ``attend`` then gets the kept rows' q.
+        """
         c, ops, p = self.config, self.ops, self.params
         eps = c.rms_norm_eps
         residual = x
@@ -119,6 +125,8 @@ class LlamaModel:
             q = ops.rope_and_cache(
                 qkv, positions, slots, cache.k[i], cache.v[i], self.rope_cos, self.rope_sin, c
             )
+            if keep is not None and i == c.num_layers - 1:
+                q, residual = q[keep], residual[keep]
             attn = attend(i, q)
             residual, h = ops.add_rmsnorm(
                 residual, F.linear(attn, p[f"{i}.wo"]), p[f"{i}.mlp_norm"], eps
@@ -160,11 +168,14 @@ class LlamaModel:
         """Several prompt chunks ``(token ids, slot, start)`` in one pass over the weights.
 
         The GEMMs and elementwise kernels run once over all chunks' tokens; only attention
-        goes chunk by chunk. Returns (len(chunks), vocab): each chunk's last-row logits.
+        goes chunk by chunk, each chunk reading its own slot's cache in place (rows
+        0..start+n-1, its own keys written just before). Returns (len(chunks), vocab): each
+        chunk's last-row logits.
         """
-        c = self.config
         dev = self.device
         lengths = [int(ids.shape[0]) for ids, _, _ in chunks]
+        if min(lengths) < 1:
+            raise ValueError("every prefill chunk needs at least one token")
         positions = torch.cat(
             [
                 torch.arange(st, st + n, device=dev)
@@ -178,38 +189,26 @@ class LlamaModel:
             ]
         )
         x = self.params["embed"][torch.cat([ids for ids, _, _ in chunks])]
-        groups = c.num_heads // c.num_kv_heads
-        masks = []
-        offset = 0
-        for (_, _, st), n in zip(chunks, lengths, strict=True):
-            # Query i (position st+i) sees keys 0..st+i; a chunk from 0 is plain causal.
-            pos = positions[offset : offset + n]
-            masks.append(
-                None if st == 0 else torch.arange(st + n, device=dev)[None, :] <= pos[:, None]
-            )
-            offset += n
+        ends = [st + n for (_, _, st), n in zip(chunks, lengths, strict=True)]
+        last = torch.tensor(lengths, device=dev).cumsum(0) - 1
 
         def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
-            outs = []
-            offset = 0
-            for (_, slot, st), n, mask in zip(chunks, lengths, masks, strict=True):
-                total = st + n
-                k = cache.k[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
-                v = cache.v[layer, slot, :total].transpose(0, 1).repeat_interleave(groups, dim=0)
-                out = F.scaled_dot_product_attention(
-                    q[offset : offset + n].transpose(0, 1),
-                    k,
-                    v,
-                    attn_mask=mask,
-                    is_causal=mask is None,
+            # All rows of every chunk, or (last layer) one row per chunk: its last.
+            rows = lengths if q.shape[0] == sum(lengths) else [1] * len(chunks)
+            outs, offset = [], 0
+            for (_, slot, _), n, end in zip(chunks, rows, ends, strict=True):
+                outs.append(
+                    self.ops.prefill_attention(
+                        q[offset : offset + n],
+                        cache.k[layer, slot, :end],
+                        cache.v[layer, slot, :end],
+                    )
                 )
-                outs.append(out.transpose(0, 1).reshape(n, c.num_heads * c.head_dim))
                 offset += n
             return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-        h = self._layers(x, cache, slots, positions, attend)
-        last = torch.tensor(lengths, device=dev).cumsum(0) - 1
-        return self.ops.lm_head(h[last], self.lm_head)
+        h = self._layers(x, cache, slots, positions, attend, keep=last)
+        return self.ops.lm_head(h, self.lm_head)
 
 
 def load_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, ops=None):

@@ -3,12 +3,17 @@
 Contract: every method computes what the fused CUDA kernels of ``kernels.py`` compute, with
 the same signatures, so ``LlamaModel`` can run either. Shapes: ``qkv`` is (N, (H + 2K) * d)
 for N flat tokens, ``q`` is (N, H, d), caches of one layer are (slots, max_seq, K, d).
+
+``prefill_attention`` is shared by both op sets: it is scaled-dot-product attention over views
+of one slot's cache (no copy of keys or values), causal from the bottom right, with grouped-query
+heads read in place, so on CUDA it runs in SDPA's flash kernel at any chunk offset.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -24,6 +29,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos = cos[:, None, :].to(x.dtype)
     sin = sin[:, None, :].to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of a prompt chunk; q (n, H, d), k and v (L, K, d) with L >= n; -> (n, H * d).
+
+    ``k`` and ``v`` are the slot's cache rows 0..L-1, the chunk's own keys last: query i sits
+    at position L - n + i and sees keys 0..L - n + i. A lower-right causal bias says exactly
+    that without a materialised mask, which keeps SDPA on its flash kernel; a square chunk
+    (from position 0) is plain ``is_causal``. ``enable_gqa`` lets the kernel map each query
+    head to its key/value head instead of copying keys and values once per group.
+    """
+    n, heads, d = q.shape
+    length, kv_heads = k.shape[0], k.shape[1]
+    # (1, heads, seq, d) views of (seq, heads, d) rows: the layout the flash kernel reads.
+    qt = q.transpose(0, 1).unsqueeze(0)
+    kt = k.transpose(0, 1).unsqueeze(0)
+    vt = v.transpose(0, 1).unsqueeze(0)
+    bias = None if n == length else causal_lower_right(n, length)
+    out = F.scaled_dot_product_attention(
+        qt, kt, vt, attn_mask=bias, is_causal=bias is None, enable_gqa=heads != kv_heads
+    )
+    return out[0].transpose(0, 1).reshape(n, heads * d)
 
 
 class TorchOps:
@@ -63,6 +90,9 @@ class TorchOps:
         scores = scores.masked_fill(dead[:, None, None, :], float("-inf"))
         out = torch.einsum("bkgl,blkd->bkgd", scores.softmax(-1), v)
         return out.to(q.dtype).reshape(b, h * d)
+
+    def prefill_attention(self, q, k, v):
+        return prefill_attention(q, k, v)
 
     def lm_head(self, h, weight):
         return F.linear(h, weight)
