@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from carpool_worker.app import create_app
-from carpool_worker.server import Worker, WorkerSettings
+from carpool_worker.server import Worker, WorkerSettings, uvicorn_config
 
 ADMIN_TOKEN = "s3cret-token"
 
@@ -52,8 +52,9 @@ def wait_for(condition, timeout: float = 20.0, interval: float = 0.02):
 class RunningServer:
     def __init__(self, worker: Worker):
         self.worker = worker
-        config = uvicorn.Config(
-            create_app(worker), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+        # The same server and connection rules as `carpool worker`.
+        config = uvicorn_config(
+            worker, create_app(worker), "127.0.0.1", 0, log_level="warning", lifespan="on"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

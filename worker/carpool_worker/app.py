@@ -1,15 +1,19 @@
 """The worker's HTTP routes (FastAPI): completions, admin limits, health, metrics. Routes only.
 
 Contract: ``create_app(worker)`` serves a :class:`~carpool_worker.server.Worker`. Every error is
-JSON (``api.error_body``) with a 4xx status that names the problem; 429s carry Retry-After.
-A client that goes away (mid-stream or while waiting) cancels its request, which frees its slot
-at the engine's next step.
+JSON (``api.error_body``) with a 4xx status that names the problem; 429s carry Retry-After, 405s
+carry Allow. The OpenAPI document (``/openapi.json``) lists every status a route answers and the
+shapes of the bodies. A client that goes away (mid-stream or while waiting) cancels its request,
+which frees its slot at the engine's next step; one that goes away or stalls mid-body is logged
+in one line and counted (``carpool_http_requests_dropped_total``). A request that fails in the
+engine is answered 500 (or ends its stream with an error event) saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -18,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import api
 from .api import ApiError, StopMatcher
@@ -31,22 +36,63 @@ from .tokenizer import IncrementalDecoder
 ENDPOINT_HEADER = "x-carpool-endpoint"
 DISCONNECT_POLL_SECONDS = 0.25
 
+log = logging.getLogger(__name__)
+
 
 def error_response(status: int, message: str, param=None, headers=None) -> JSONResponse:
     return JSONResponse(api.error_body(status, message, param), status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, or ApiError 413 past ``limit`` bytes and 408 past ``timeout`` seconds.
+
+    Raises ClientDisconnect when the client goes away first.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ApiError(413, f"the body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        # One deadline for the whole body: a client trickling a byte at a time must not hold
+        # its connection (and this task) for ever.
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, f"the body did not arrive within {timeout:g} s", Connection="close"
+        ) from None
     return b"".join(chunks)
+
+
+def _error_docs(*statuses: int) -> dict:
+    """OpenAPI ``responses`` for error statuses: the JSON error shape, and Retry-After on 429."""
+    docs = {}
+    for status in statuses:
+        doc = {
+            "description": ERROR_DESCRIPTIONS[status],
+            "content": {"application/json": {"schema": api.ERROR_SCHEMA}},
+        }
+        if status in (429, 503):
+            doc["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        docs[status] = doc
+    return docs
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The request is malformed; the message names the field.",
+    401: "A valid bearer token is required.",
+    404: "Unknown endpoint (X-Carpool-Endpoint) or route.",
+    408: "The body did not arrive in time.",
+    409: "The limits document is older than the one in force.",
+    413: "The body is larger than --max-body-bytes.",
+    429: "The endpoint's queue is full, or the request waited past maxQueueWaitMilliseconds.",
+    500: "The request failed in the engine (it alone); the message says why.",
+    503: "The model is loading (or failed to load).",
+}
 
 
 def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
@@ -59,31 +105,66 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
 
     app = FastAPI(title="carpool worker", lifespan=lifespan, docs_url=None, redoc_url=None)
 
+    base_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = base_openapi()
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     @app.exception_handler(ApiError)
     async def _api_error(_req, exc: ApiError):
         return error_response(exc.status, exc.message, exc.param, exc.headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail))
+        # Keeps Starlette's headers, such as Allow on a 405.
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect):
+        # The client's own doing, and cheap to repeat: one line, not a traceback.
+        client = request.client.host if request.client else "?"
+        log.info(
+            "%s %s from %s: the client left before sending its whole body",
+            request.method,
+            request.url.path,
+            client,
+        )
+        worker.metrics.http_dropped.labels("client_disconnected").inc()
+        return Response(status_code=499)  # nobody is listening
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req, exc: Exception):
+        # A bug: Starlette logs the traceback; the client still gets the JSON error shape.
+        return error_response(500, f"internal error: {type(exc).__name__}")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_req, exc: RequestValidationError):
         return error_response(400, f"invalid request: {exc.errors()}")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=_error_docs(503))
     async def healthz():
         if worker.load_error:
             return error_response(503, f"model load failed: {worker.load_error}")
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=_error_docs(503))
     async def readyz():
         if not worker.ready:
             return error_response(503, "the model is loading", headers={"Retry-After": "5"})
         return {"status": "ready", "limitsVersion": worker.engine.limits.version}
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics():
         return Response(worker.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -99,19 +180,26 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
         ):
             raise ApiError(401, "a valid bearer token is required", WWW_Authenticate="Bearer")
 
-    @app.get("/admin/limits")
+    admin = {"security": [{"bearer": []}]}
+
+    @app.get("/admin/limits", responses=_error_docs(401), openapi_extra=admin)
     async def get_limits(request: Request):
         check_admin(request)
         if not worker.ready:
             return worker.initial_limits.as_dict()
         return worker.engine.limits.as_dict()
 
-    @app.put("/admin/limits")
+    @app.put(
+        "/admin/limits",
+        responses=_error_docs(400, 401, 408, 409, 413, 503),
+        openapi_extra=admin | {"requestBody": _json_body({"type": "object"})},
+    )
     async def put_limits(request: Request):
         check_admin(request)
+        s = worker.settings
         if not worker.ready:
             raise ApiError(503, "the model is loading", **{"Retry-After": "5"})
-        body = await read_body(request, worker.settings.max_body_bytes)
+        body = await read_body(request, s.max_body_bytes, s.body_timeout_seconds)
         try:
             doc = parse_limits(api.parse_json(body))
         except LimitsError as exc:
@@ -122,13 +210,31 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
             raise ApiError(409, str(exc)) from exc
         return {"appliedVersion": applied}
 
-    @app.post("/v1/completions")
+    def count_invalid(endpoint: str) -> None:
+        if endpoint in worker.engine.limits.endpoints:
+            worker.metrics.requests.labels(endpoint, "invalid").inc()
+
+    @app.post(
+        "/v1/completions",
+        responses={200: COMPLETION_DOC} | _error_docs(400, 404, 408, 413, 429, 500, 503),
+        openapi_extra={
+            "parameters": [ENDPOINT_PARAMETER],
+            "requestBody": _json_body(
+                api.completion_request_schema(worker.max_context, worker.config.vocab_size)
+            ),
+        },
+    )
     async def completions(request: Request):
         if not worker.ready:
             raise ApiError(503, "the model is loading", **{"Retry-After": "5"})
+        s = worker.settings
         endpoint = request.headers.get(ENDPOINT_HEADER) or worker.engine.limits.default_endpoint
-        body = await read_body(request, worker.settings.max_body_bytes)
-        params = api.parse_completion(body, worker.codec, worker.max_context)
+        body = await read_body(request, s.max_body_bytes, s.body_timeout_seconds)
+        try:
+            params = api.parse_completion(body, worker.codec, worker.max_context)
+        except ApiError:
+            count_invalid(endpoint)
+            raise
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         req = EngineRequest(
@@ -163,6 +269,26 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
 
 _NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+ENDPOINT_PARAMETER = {
+    "name": "X-Carpool-Endpoint",
+    "in": "header",
+    "required": False,
+    "description": "The endpoint (traffic class); the limits' defaultEndpoint when absent.",
+    "schema": {"type": "string"},
+}
+
+COMPLETION_DOC = {
+    "description": "The completion; with stream=true, server-sent events ending in [DONE].",
+    "content": {
+        "application/json": {"schema": api.COMPLETION_SCHEMA},
+        "text/event-stream": {"schema": {"type": "string"}},
+    },
+}
+
+
+def _json_body(schema: dict) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
 
 class Completion:
     """One request's events turned into OpenAI-shaped output."""
@@ -174,6 +300,7 @@ class Completion:
         self.decoder = IncrementalDecoder(worker.codec)
         self.stops = StopMatcher(params.stop)
         self.generated = 0
+        self.error: str | None = None  # why the engine failed the request, if it did
         self._pending_get: asyncio.Future | None = None
 
     async def next_event(self, request: Request | None):
@@ -202,6 +329,7 @@ class Completion:
                 self.cancel("stop")
                 return text, "stop"
             return text, None
+        self.error = event.error
         return self.stops.flush(), event.reason
 
     def chunk(self, text: str, finish_reason: str | None) -> dict:
@@ -234,7 +362,8 @@ class Completion:
             if event is None:
                 return Response(status_code=499)
         if finish not in ("stop", "length"):
-            return error_response(500, f"the request ended early ({finish})")
+            why = f": {self.error}" if self.error else ""
+            return error_response(500, f"the request ended early ({finish}){why}")
         body = self.chunk("".join(parts), finish)
         body["usage"] = self.usage()
         return body
@@ -251,6 +380,10 @@ class Completion:
                     if finish is not None:
                         chunk["usage"] = self.usage()
                     yield f"data: {json.dumps(chunk)}\n\n"
+                if finish == "error":
+                    # The status line is long gone: the stream says why in OpenAI's error shape.
+                    failure = api.error_body(500, f"the request failed: {self.error}")
+                    yield f"data: {json.dumps(failure)}\n\n"
                 if finish is not None:
                     break
                 event = await self.next_event(None)

@@ -2,7 +2,9 @@
 
 Contract: ``main(argv) -> int``. Binds only where told (``--host``, default 127.0.0.1); reads the
 limits file (``--limits``) at start and whenever its content changes, and the admin bearer token
-from ``--admin-token-file``. Exit status 2 on a bad argument, model or limits file.
+from ``--admin-token-file``. Connections have header, body and keep-alive deadlines and a bound
+(``--max-connections``); see docs/worker.md. Exit status 2 on a bad argument, model or limits
+file.
 """
 
 from __future__ import annotations
@@ -32,6 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--no-kernels", action="store_true", help="plain torch ops on CUDA")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        default=10.0,
+        help="time to send a request line and headers (then 408 and close)",
+    )
+    p.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        default=30.0,
+        help="time to send a whole body once the headers are in (then 408 and close)",
+    )
+    p.add_argument(
+        "--keep-alive-seconds", type=float, default=5.0, help="idle time between two requests"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="connections open at once; past it a new one is answered 503 and closed",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -44,10 +67,14 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from .app import create_app
-    from .server import Worker, WorkerSettings
+    from .server import Worker, WorkerSettings, uvicorn_config
 
     if args.max_batch_size < 1 or args.max_context < 16:
         print("carpool worker: --max-batch-size must be >= 1 and --max-context >= 16")
+        return 2
+    timeouts = (args.header_timeout_seconds, args.body_timeout_seconds, args.keep_alive_seconds)
+    if min(timeouts) <= 0 or args.max_connections < 1:
+        print("carpool worker: timeouts must be > 0 and --max-connections >= 1")
         return 2
     token = None
     if args.admin_token_file is not None:
@@ -67,13 +94,18 @@ def main(argv: list[str]) -> int:
         cuda_graphs=not args.no_cuda_graphs,
         kernels=not args.no_kernels,
         max_body_bytes=args.max_body_bytes,
+        header_timeout_seconds=args.header_timeout_seconds,
+        body_timeout_seconds=args.body_timeout_seconds,
+        keep_alive_seconds=args.keep_alive_seconds,
+        max_connections=args.max_connections,
     )
     try:
         worker = Worker(settings)
     except (ModelSpecError, LimitsError, OSError) as exc:
         print(f"carpool worker: {exc}")
         return 2
-    uvicorn.run(
-        create_app(worker), host=args.host, port=args.port, log_level=args.log_level.lower()
+    config = uvicorn_config(
+        worker, create_app(worker), args.host, args.port, log_level=args.log_level.lower()
     )
+    uvicorn.Server(config).run()
     return 0

@@ -5,9 +5,12 @@ Contract: ``Engine(runner, limits, metrics)``; ``start()`` launches the step loo
 :class:`~carpool_worker.scheduler.Rejected` at once when it cannot be queued); from then on the
 request's ``sink`` is called, from the engine thread, with :class:`TokenEvent` for each token and
 exactly one closing :class:`DoneEvent` (finish reason ``stop``, ``length``, ``cancelled``,
-``expired`` with a 429 ``Rejected`` attached, or ``error``). ``apply_limits(doc)`` swaps the
-limits between two steps (raising ``StaleLimits`` for an older version); requests in flight are
-kept. ``request.cancel()`` from any thread makes the request leave at the next step.
+``expired`` with a 429 ``Rejected`` attached, or ``error`` with the reason in ``error``).
+A request whose processing fails (the runner raises) ends alone with ``error``: the step is run
+again one request at a time, and every other request of the step keeps its token.
+``apply_limits(doc)`` swaps the limits between two steps (raising ``StaleLimits`` for an older
+version); requests in flight are kept. ``request.cancel()`` from any thread makes the request
+leave at the next step.
 The runner only needs ``execute(step) -> {request id: token}``, ``num_slots`` and
 ``max_seq_len``, so tests can drive the engine with a stand-in or the real tiny model.
 """
@@ -35,6 +38,7 @@ class TokenEvent:
 class DoneEvent:
     reason: str
     rejection: Rejected | None = None
+    error: str | None = None  # why the request failed, for reason "error"
 
 
 OUTCOME = {"stop": "ok", "length": "ok", "cancelled": "cancelled", "expired": "rejected"}
@@ -61,6 +65,7 @@ class Engine:
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._last_token_at: dict[int, float] = {}
+        self._errors: dict[int, str] = {}  # request id -> why it failed, until it is closed
 
     # -- API used by the HTTP layer and the tests --------------------------------------------
 
@@ -82,7 +87,9 @@ class Engine:
             try:
                 self.scheduler.submit(req)
             except Rejected as exc:
-                outcome = "rejected" if exc.status == 429 else "error"
+                # A request the client got wrong (too long for the context) is not a fault of
+                # the worker: alerts on outcome="error" must not fire on it.
+                outcome = "rejected" if exc.status == 429 else "invalid"
                 if req.endpoint in self.scheduler.endpoints:
                     self.metrics.requests.labels(req.endpoint, outcome).inc()
                 raise
@@ -127,7 +134,8 @@ class Engine:
             m.queue_wait.labels(req.endpoint).observe(now - req.arrival)
             m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
         for req in step.cancelled:
-            self._close(req, DoneEvent(req.finish_reason or "cancelled"), now)
+            error = self._errors.pop(req.id, None)
+            self._close(req, DoneEvent(req.finish_reason or "cancelled", error=error), now)
         for req in step.expired:
             waited_ms = int((now - req.arrival) * 1000)
             rejection = Rejected(
@@ -140,13 +148,7 @@ class Engine:
 
     def _run_step(self, step: Step) -> None:
         started = self.clock()
-        try:
-            tokens = self.runner.execute(step)
-        except Exception:
-            log.exception("engine step failed; failing its requests")
-            for req in [r for r, _, _ in step.prefill] + step.decode:
-                req.cancel("error")
-            tokens = {}
+        tokens = self._execute(step)
         now = self.clock()
         with self._cond:
             emitted, finished = self.scheduler.complete(step, tokens)
@@ -161,6 +163,29 @@ class Engine:
             self._emit_token(req, token, now)
         for req in finished:
             self._close(req, DoneEvent(req.finish_reason), now)
+
+    def _execute(self, step: Step) -> dict[int, int]:
+        """The step's tokens. When the batch fails, each request runs again alone, so only the
+        one that fails leaves (with ``error`` at the next step) and the others keep their tokens.
+
+        Running a request again is safe: its prefill chunk or decode row writes the same keys and
+        values at the same cache positions as the failed batch did.
+        """
+        try:
+            return self.runner.execute(step)
+        except Exception as exc:
+            log.warning("engine step failed (%s); running its requests one at a time", exc)
+        tokens: dict[int, int] = {}
+        alone = [(r, Step(prefill=[(r, s, n)])) for r, s, n in step.prefill]
+        alone += [(r, Step(decode=[r])) for r in step.decode]
+        for req, one in alone:
+            try:
+                tokens.update(self.runner.execute(one))
+            except Exception as exc:
+                log.exception("request %d failed in the engine; it alone is ended", req.id)
+                self._errors[req.id] = f"{type(exc).__name__}: {exc}"[:500]
+                req.cancel("error")
+        return tokens
 
     def _emit_token(self, req: Request, token: int, now: float) -> None:
         m = self.metrics

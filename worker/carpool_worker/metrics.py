@@ -26,7 +26,10 @@ def _geometric(start: float, stop: float, ratio: float) -> tuple[float, ...]:
 LATENCY_BUCKETS = _geometric(0.001, 60.0, 1.25)
 STEP_BUCKETS = _geometric(0.0005, 5.0, 1.25)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-OUTCOMES = ("ok", "rejected", "cancelled", "error")
+# "invalid": the client's mistake (4xx other than 429); "error": the worker's fault (5xx).
+OUTCOMES = ("ok", "rejected", "cancelled", "invalid", "error")
+# Why a connection was dropped before its request reached a route (see server.py, app.py).
+DROP_REASONS = ("header_timeout", "body_timeout", "client_disconnected", "over_connection_limit")
 LIMIT_NAMES = (
     "priority",
     "maxBatchSize",
@@ -81,6 +84,17 @@ class WorkerMetrics:
         self.limits_version = Gauge(
             "carpool_limits_version", "Version of the limits document in force.", registry=r
         )
+        self.http_connections = Gauge(
+            "carpool_http_connections", "HTTP connections open.", registry=r
+        )
+        self.http_dropped = Counter(
+            "carpool_http_requests_dropped",
+            "Requests dropped before a route answered them, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DROP_REASONS:
+            self.http_dropped.labels(reason)
         self._limit_endpoints: set[str] = set()
 
     def set_limits(self, doc: LimitsDocument) -> None:

@@ -3,15 +3,31 @@
 Contract: ``Worker(settings)`` is cheap; ``load()`` (slow: weights, warm-up, CUDA graphs) builds
 everything and sets ``ready``; ``close()`` stops the engine and the watcher. The HTTP layer
 (app.py) reads ``ready``, ``engine``, ``codec`` and ``settings`` and nothing else.
+
+``uvicorn_config(worker, app, host, port)`` is the HTTP server around the app, with the
+connection rules of ``WorkerSettings``: a connection must send its request line and headers
+within ``header_timeout_seconds`` of connecting (or of its first byte after a keep-alive pause),
+else it is answered 408 and closed; an idle keep-alive connection is closed after
+``keep_alive_seconds``; past ``max_connections`` open connections, a new one is answered 503
+(with Retry-After) and closed. Every response this layer writes itself (those, and the 400 for a
+request that is not valid HTTP) carries the JSON error shape. The body deadline
+(``body_timeout_seconds``) is kept by the app, which reads the body.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .api import error_body
 from .config import resolve_model_config
 from .limits import LimitsDocument, LimitsFileWatcher, default_limits, read_limits_file
 from .metrics import WorkerMetrics
@@ -33,6 +49,10 @@ class WorkerSettings:
     cuda_graphs: bool = True
     kernels: bool = True  # fused Triton kernels on CUDA
     max_body_bytes: int = 1 << 20
+    header_timeout_seconds: float = 10.0  # request line and headers, from the first byte
+    body_timeout_seconds: float = 30.0  # the whole body, once the headers are in
+    keep_alive_seconds: float = 5.0  # an idle connection between two requests
+    max_connections: int = 1024  # open at once; each holds a socket and a little memory
     seed: int = 0
 
 
@@ -122,3 +142,110 @@ class Worker:
             self._watcher.stop()
         if self.engine is not None:
             self.engine.stop()
+
+
+def _raw_error(status: int, reason: str, message: str, *extra: str) -> bytes:
+    """A whole HTTP/1.1 error response that closes the connection, written without h11."""
+    body = json.dumps(error_body(status, message)).encode()
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _over_limit_app(limit: int):
+    body = json.dumps(
+        error_body(503, f"the worker has its limit of {limit} connections open; retry shortly")
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def http_protocol(settings: WorkerSettings, metrics: WorkerMetrics) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with the header deadline, the connection bound and JSON errors."""
+
+    class WorkerHttpProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            metrics.http_connections.inc()
+            if len(self.connections) > settings.max_connections:
+                metrics.http_dropped.labels("over_connection_limit").inc()
+                self.app = _over_limit_app(settings.max_connections)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            metrics.http_connections.dec()
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:
+                # Part of a request line or headers (a whole one would have moved h11 on):
+                # the deadline runs from the first byte after a keep-alive pause.
+                if self._header_timer is None:
+                    self._arm_header_timer()
+            else:
+                self._disarm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._header_timer = self.loop.call_later(
+                settings.header_timeout_seconds, self._header_timeout
+            )
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            metrics.http_dropped.labels("header_timeout").inc()
+            log.info(
+                "%s: no whole request line and headers within %g s; closing",
+                self.client[0] if self.client else "?",
+                settings.header_timeout_seconds,
+            )
+            message = f"no whole request within {settings.header_timeout_seconds:g} s"
+            self.transport.write(_raw_error(408, "Request Timeout", message))
+            self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            # h11 found no valid HTTP/1.1 request: a bad request line, header or
+            # Content-Length. Its detail stays in uvicorn's one-line warning.
+            message = "the request is not valid HTTP/1.1 (request line, headers or framing)"
+            self.transport.write(_raw_error(400, "Bad Request", message))
+            self.transport.close()
+
+    return WorkerHttpProtocol
+
+
+def uvicorn_config(worker: Worker, app, host: str, port: int, **kwargs) -> uvicorn.Config:
+    """The uvicorn configuration that serves ``app`` under the worker's connection rules."""
+    s = worker.settings
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=http_protocol(s, worker.metrics),
+        timeout_keep_alive=s.keep_alive_seconds,
+        **kwargs,
+    )
