@@ -25,7 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from carpool_policy.profile import Profile
+from carpool_replica.profile import Profile
 from carpool_policy.queueing import (
     combine_quantiles,
     exponential_tail_quantile,

@@ -29,7 +29,7 @@ from carpool_policy.feedback import (
 )
 from carpool_policy.learned import learned_floor, record_breaches
 from carpool_policy.planner import Plan, limits_at, most_favourable_limits, plan
-from carpool_policy.profile import Profile
+from carpool_replica.profile import Profile
 from carpool_policy.state import PolicyState
 from carpool_policy.tuning import DEFAULT_TUNING, Tuning
 from carpool_policy.types import (

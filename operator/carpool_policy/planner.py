@@ -28,7 +28,7 @@ from carpool_policy.capacity import (
     meets_targets,
     planning_target,
 )
-from carpool_policy.profile import Profile
+from carpool_replica.profile import Profile
 from carpool_policy.tuning import Tuning
 from carpool_policy.types import EndpointLimits, EndpointSpec, IntRange, PoolSpec
 

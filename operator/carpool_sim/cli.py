@@ -65,9 +65,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-seconds", type=float, default=60.0, help="pod start-up delay")
     p.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus, seconds")
     p.add_argument(
-        "--prefill-token-budget", type=int, default=2048, help="prompt tokens per engine step"
-    )
-    p.add_argument(
         "--sla-target",
         type=float,
         default=0.99,
@@ -113,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     config = SimConfig(
         startup_seconds=args.startup_seconds,
         scrape_interval_seconds=args.scrape_interval,
-        prefill_token_budget=args.prefill_token_budget,
     )
     options = Options(
         config=config,

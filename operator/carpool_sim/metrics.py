@@ -17,19 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from carpool_replica.buckets import LATENCY_BUCKETS
 from carpool_sim.trace import Request
 
-
-def _geometric(start: float, stop: float, ratio: float) -> tuple[float, ...]:
-    out, value = [], start
-    while value <= stop * 1.0001:
-        out.append(float(f"{value:.3g}"))
-        value *= ratio
-    return tuple(out)
-
-
-# The worker's latency buckets (carpool_worker.metrics.LATENCY_BUCKETS): 1 ms to 60 s, x1.25.
-BUCKETS = _geometric(0.001, 60.0, 1.25)
+BUCKETS = LATENCY_BUCKETS
 
 
 @dataclass

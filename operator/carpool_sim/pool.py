@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from carpool_replica.limits import EndpointLimits
+from carpool_replica.profile import Profile
+from carpool_replica.steptime import StepCost
 from carpool_sim.metrics import RunRecorder
-from carpool_sim.replica import Limits, Replica
-from carpool_sim.steptimes import StepTimes
+from carpool_sim.replica import Replica
 from carpool_sim.trace import Request
 
 
@@ -39,22 +41,18 @@ class Pod:
 class Pool:
     def __init__(
         self,
-        steps: StepTimes,
-        limits: dict[str, Limits],
+        profile: Profile,
+        limits: dict[str, EndpointLimits],
         recorder: RunRecorder,
         *,
-        slots: int,
-        kv_cache_tokens: int,
-        prefill_token_budget: int,
         startup_seconds: float,
         on_replica_changed: Callable[[Pod], None],
     ):
-        self.steps = steps
+        # One cost cache for every pod: they share a profile, so they share its answers.
+        self.cost = StepCost(profile)
+        self.profile = profile
         self.limits = dict(limits)
         self.recorder = recorder
-        self.slots = slots
-        self.kv_cache_tokens = kv_cache_tokens
-        self.prefill_token_budget = prefill_token_budget
         self.startup_seconds = startup_seconds
         self.on_replica_changed = on_replica_changed
         self.pods: list[Pod] = []  # every pod ever created
@@ -82,12 +80,13 @@ class Pool:
 
     def add_pod(self, now: float, ready_at: float) -> Pod:
         replica = Replica(
-            self.steps,
+            self.cost,
             self.limits,
             self.recorder,
-            slots=self.slots,
-            kv_cache_tokens=self.kv_cache_tokens,
-            prefill_token_budget=self.prefill_token_budget,
+            slots=self.profile.max_batch_size,
+            max_seq_len=self.profile.max_seq_len,
+            kv_cache_tokens=self.profile.kv_cache_tokens,
+            prefill_chunk_tokens=self.profile.prefill_chunk_tokens,
         )
         pod = Pod(len(self.pods), replica, now, ready_at)
         self.pods.append(pod)
@@ -125,7 +124,7 @@ class Pool:
         if pod.draining and pod.stopped_at is None and pod.replica.idle:
             pod.stopped_at = now
 
-    def set_limits(self, limits: dict[str, Limits], now: float) -> None:
+    def set_limits(self, limits: dict[str, EndpointLimits], now: float) -> None:
         self.limits.update(limits)
         for pod in self.running_pods():
             pod.replica.run_until(now)

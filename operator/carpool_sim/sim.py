@@ -23,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from carpool_policy import EndpointLimits, PoolSpec, Profile
+from carpool_replica.limits import EndpointLimits as WorkerLimits
 from carpool_sim.controllers import Action, Controller, ControlView
 from carpool_sim.metrics import RunRecorder
 from carpool_sim.pool import Pod, Pool
 from carpool_sim.prometheus import Prometheus, Sample
-from carpool_sim.replica import Limits
-from carpool_sim.steptimes import CachedStepTimes
 from carpool_sim.trace import Request
 
 
@@ -36,7 +35,6 @@ from carpool_sim.trace import Request
 class SimConfig:
     startup_seconds: float = 60.0
     scrape_interval_seconds: float = 15.0
-    prefill_token_budget: int = 2048
     drain_limit_seconds: float = 1800.0
     timeline_interval_seconds: float = 5.0
 
@@ -61,13 +59,14 @@ def initial_limits(spec: PoolSpec) -> dict[str, EndpointLimits]:
     }
 
 
-def worker_limits(spec: PoolSpec, limits: dict[str, EndpointLimits]) -> dict[str, Limits]:
+def worker_limits(spec: PoolSpec, limits: dict[str, EndpointLimits]) -> dict[str, WorkerLimits]:
+    """The limits document's endpoints that the operator would push for these decisions."""
     return {
-        e.name: Limits(
+        e.name: WorkerLimits(
             priority=e.priority,
             max_batch_size=limits[e.name].max_batch_size,
-            batch_window_seconds=limits[e.name].batch_window_milliseconds / 1000.0,
-            max_queue_wait_seconds=e.max_queue_wait_milliseconds / 1000.0,
+            batch_window_ms=limits[e.name].batch_window_milliseconds,
+            max_queue_wait_ms=e.max_queue_wait_milliseconds,
             max_queue_length=e.max_queue_length,
         )
         for e in spec.endpoints
@@ -102,12 +101,9 @@ def simulate(
             push(wake, REPLICA, (pod, versions[pod.index]))
 
     pool = Pool(
-        CachedStepTimes(profile),
+        profile,
         worker_limits(spec, limits),
         recorder,
-        slots=profile.max_batch_size,
-        kv_cache_tokens=profile.kv_cache_tokens,
-        prefill_token_budget=config.prefill_token_budget,
         startup_seconds=config.startup_seconds,
         on_replica_changed=lambda pod: None,
     )
@@ -198,9 +194,9 @@ def _scrape(
         last[pod.index] = (now, busy)
         if not pod.draining:
             utilizations.append((busy - busy_then) / (now - then) if now > then else 0.0)
-        for name, queue in pod.replica.queues.items():
-            waiting[name] = waiting.get(name, 0) + len(queue)
-            running[name] = running.get(name, 0) + pod.replica.running_count(name)
+        for name, (queued, in_batch) in pod.replica.scheduler.counts().items():
+            waiting[name] = waiting.get(name, 0) + queued
+            running[name] = running.get(name, 0) + in_batch
     return Sample(
         time=now,
         series=recorder.snapshot(),

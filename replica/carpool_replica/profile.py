@@ -1,13 +1,24 @@
-"""The worker profile (schema carpool.dev/profile/v1): one replica's measured speed.
+"""The worker profile (schema carpool.dev/profile/v2): one replica's step times, measured the
+way the engine serves.
 
-Contract: `Profile.from_dict(data)` is the one parser of the profile JSON (docs/interfaces.md);
-it raises `ProfileError` naming the bad field. `step_seconds(batch, context)` is the time of one
-decode step with `batch` running sequences of mean context `context` tokens, interpolated
-linearly in both (and extrapolated linearly past the largest measured batch or context, never
-below the smallest measured time). `prefill_seconds(tokens)` is the time to prefill one prompt,
-interpolated linearly and extrapolated linearly past the largest point; below the smallest point
-it is that point's time (short prompts are dominated by fixed overhead). Both are monotone
-non-decreasing when the measurements are.
+Contract: `Profile.from_dict(data)` is the one parser of the profile JSON (docs/profile.md); it
+raises `ProfileError` naming the bad field.
+- `step_seconds(batch, context)`: one decode step with `batch` running sequences of mean context
+  `context` tokens, interpolated linearly in both (extrapolated linearly past the largest
+  measured batch or context, never below the smallest measured time).
+- `chunk_seconds(tokens, offset)`: one prefill chunk of `tokens` prompt tokens that starts
+  `offset` tokens into its prompt (attention reads the `offset` tokens already cached, so the
+  tenth chunk of a long prompt costs more than the first); interpolated the same way.
+- `prefill_seconds(tokens)`: a whole prompt prefilled alone, in chunks of
+  `prefill_chunk_tokens` as the engine runs it: the sum of its chunks.
+- A step that mixes prefill chunks and decodes costs the sum of its parts; the profile's `mixed`
+  points are measured to check that (`carpool fidelity` reports the error).
+All are monotone non-decreasing when the measurements are.
+
+Schema v1 (one-shot prefill times, no chunk size, no context limit) is converted on read, as
+docs/profile.md says: a chunk at an offset costs what the one-shot curve adds between the two
+lengths, the chunk size is 2,048 tokens, and the context is `kv_cache_tokens / max_batch_size`
+(v1 workers had one slot of that size per sequence).
 """
 
 from __future__ import annotations
@@ -18,7 +29,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-PROFILE_SCHEMA = "carpool.dev/profile/v1"
+PROFILE_SCHEMA = "carpool.dev/profile/v2"
+PROFILE_SCHEMA_V1 = "carpool.dev/profile/v1"
+# What v1 workers (and so v1 profiles) used on a GPU.
+V1_PREFILL_CHUNK_TOKENS = 2048
 
 
 class ProfileError(ValueError):
@@ -33,8 +47,18 @@ class DecodePoint:
 
 
 @dataclass(frozen=True)
-class PrefillPoint:
-    prompt_tokens: int
+class ChunkPoint:
+    chunk_tokens: int
+    offset_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MixedPoint:
+    batch_size: int
+    context_tokens: int
+    chunk_tokens: int
+    offset_tokens: int
     seconds: float
 
 
@@ -44,8 +68,11 @@ class Profile:
     device: str
     kv_cache_tokens: int
     max_batch_size: int
+    max_seq_len: int
+    prefill_chunk_tokens: int
     decode: tuple[DecodePoint, ...]
-    prefill: tuple[PrefillPoint, ...]
+    chunks: tuple[ChunkPoint, ...]
+    mixed: tuple[MixedPoint, ...] = ()
     dtype: str = ""
     measured_at: str = ""
 
@@ -53,23 +80,14 @@ class Profile:
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
         if not isinstance(data, Mapping):
             raise ProfileError("profile: must be a JSON object")
-        if data.get("schema") != PROFILE_SCHEMA:
-            raise ProfileError(f"schema: must be {PROFILE_SCHEMA!r}, got {data.get('schema')!r}")
-        decode = tuple(
-            DecodePoint(
-                batch_size=_number(p, "batch_size", f"decode[{i}]", int),
-                context_tokens=_number(p, "context_tokens", f"decode[{i}]", int, zero_ok=True),
-                step_seconds=_number(p, "step_seconds", f"decode[{i}]", float),
+        schema = data.get("schema")
+        if schema == PROFILE_SCHEMA_V1:
+            return _from_v1(data)
+        if schema != PROFILE_SCHEMA:
+            raise ProfileError(
+                f"schema: must be {PROFILE_SCHEMA!r} (or {PROFILE_SCHEMA_V1!r}, converted), "
+                f"got {schema!r}; measure a new profile with `carpool profile`"
             )
-            for i, p in enumerate(_list(data, "decode"))
-        )
-        prefill = tuple(
-            PrefillPoint(
-                prompt_tokens=_number(p, "prompt_tokens", f"prefill[{i}]", int),
-                seconds=_number(p, "seconds", f"prefill[{i}]", float),
-            )
-            for i, p in enumerate(_list(data, "prefill"))
-        )
         return cls(
             model=str(data.get("model", "")),
             device=str(data.get("device", "")),
@@ -77,8 +95,29 @@ class Profile:
             measured_at=str(data.get("measured_at", "")),
             kv_cache_tokens=_number(data, "kv_cache_tokens", "profile", int),
             max_batch_size=_number(data, "max_batch_size", "profile", int),
-            decode=decode,
-            prefill=prefill,
+            max_seq_len=_number(data, "max_seq_len", "profile", int),
+            prefill_chunk_tokens=_number(data, "prefill_chunk_tokens", "profile", int),
+            decode=_decode_points(data),
+            chunks=tuple(
+                ChunkPoint(
+                    chunk_tokens=_number(p, "chunk_tokens", f"prefill_chunks[{i}]", int),
+                    offset_tokens=_number(
+                        p, "offset_tokens", f"prefill_chunks[{i}]", int, zero_ok=True
+                    ),
+                    seconds=_number(p, "seconds", f"prefill_chunks[{i}]", float),
+                )
+                for i, p in enumerate(_list(data, "prefill_chunks"))
+            ),
+            mixed=tuple(
+                MixedPoint(
+                    batch_size=_number(p, "batch_size", f"mixed[{i}]", int),
+                    context_tokens=_number(p, "context_tokens", f"mixed[{i}]", int),
+                    chunk_tokens=_number(p, "chunk_tokens", f"mixed[{i}]", int),
+                    offset_tokens=_number(p, "offset_tokens", f"mixed[{i}]", int, zero_ok=True),
+                    seconds=_number(p, "seconds", f"mixed[{i}]", float),
+                )
+                for i, p in enumerate(data.get("mixed") or [])
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,43 +129,97 @@ class Profile:
             "measured_at": self.measured_at,
             "kv_cache_tokens": self.kv_cache_tokens,
             "max_batch_size": self.max_batch_size,
-            "decode": [
-                {
-                    "batch_size": p.batch_size,
-                    "context_tokens": p.context_tokens,
-                    "step_seconds": p.step_seconds,
-                }
-                for p in self.decode
-            ],
-            "prefill": [
-                {"prompt_tokens": p.prompt_tokens, "seconds": p.seconds} for p in self.prefill
-            ],
+            "max_seq_len": self.max_seq_len,
+            "prefill_chunk_tokens": self.prefill_chunk_tokens,
+            "decode": [vars(p) for p in self.decode],
+            "prefill_chunks": [vars(p) for p in self.chunks],
+            "mixed": [vars(p) for p in self.mixed],
         }
 
     def step_seconds(self, batch_size: float, context_tokens: float) -> float:
         """One decode step's time for `batch_size` sequences of mean context `context_tokens`."""
-        curves = self._decode_curves
-        contexts = [c for c, _ in curves]
-        values = [_interpolate(curve, max(1.0, batch_size)) for _, curve in curves]
-        return _interpolate(list(zip(contexts, values, strict=True)), max(0.0, context_tokens))
+        return _bilinear(self._decode_curves, max(1.0, batch_size), max(0.0, context_tokens))
+
+    def chunk_seconds(self, chunk_tokens: float, offset_tokens: float) -> float:
+        """One prefill chunk of `chunk_tokens` tokens starting `offset_tokens` into its prompt."""
+        return _bilinear(
+            self._chunk_curves, max(1.0, chunk_tokens), max(0.0, offset_tokens), proportional=True
+        )
 
     def prefill_seconds(self, prompt_tokens: float) -> float:
-        """The time to prefill one prompt of `prompt_tokens` tokens."""
-        return _interpolate(self._prefill_curve, max(0.0, prompt_tokens), proportional=True)
-
-    @cached_property
-    def _prefill_curve(self) -> list[tuple[float, float]]:
-        return sorted((float(p.prompt_tokens), p.seconds) for p in self.prefill)
+        """A whole prompt prefilled alone, chunk by chunk as the engine runs it."""
+        total, offset, remaining = 0.0, 0, max(1, round(prompt_tokens))
+        while remaining > 0:
+            chunk = min(remaining, self.prefill_chunk_tokens)
+            total += self.chunk_seconds(chunk, offset)
+            offset, remaining = offset + chunk, remaining - chunk
+        return total
 
     @cached_property
     def _decode_curves(self) -> list[tuple[float, list[tuple[float, float]]]]:
-        # One step-time-vs-batch curve per measured context length, sorted by context.
-        by_context: dict[int, list[tuple[float, float]]] = {}
-        for p in self.decode:
-            by_context.setdefault(p.context_tokens, []).append(
-                (float(p.batch_size), p.step_seconds)
-            )
-        return [(float(c), sorted(by_context[c])) for c in sorted(by_context)]
+        return _curves((p.context_tokens, p.batch_size, p.step_seconds) for p in self.decode)
+
+    @cached_property
+    def _chunk_curves(self) -> list[tuple[float, list[tuple[float, float]]]]:
+        return _curves((p.offset_tokens, p.chunk_tokens, p.seconds) for p in self.chunks)
+
+
+def _from_v1(data: Mapping[str, Any]) -> Profile:
+    """A v1 profile as v2: each chunk costs what the one-shot curve adds over its span."""
+    one_shot = sorted(
+        (
+            _number(p, "prompt_tokens", f"prefill[{i}]", int),
+            _number(p, "seconds", f"prefill[{i}]", float),
+        )
+        for i, p in enumerate(_list(data, "prefill"))
+    )
+    kv_cache_tokens = _number(data, "kv_cache_tokens", "profile", int)
+    max_batch_size = _number(data, "max_batch_size", "profile", int)
+    curve = [(float(n), t) for n, t in one_shot]
+    chunks = []
+    for chunk in sorted({n for n, _ in one_shot}):
+        for offset in sorted({0} | {n for n, _ in one_shot}):
+            seconds = _interpolate(curve, offset + chunk, proportional=True)
+            if offset:
+                seconds -= _interpolate(curve, offset, proportional=True)
+            chunks.append(ChunkPoint(chunk, offset, max(seconds, 1e-6)))
+    return Profile(
+        model=str(data.get("model", "")),
+        device=str(data.get("device", "")),
+        dtype=str(data.get("dtype", "")),
+        measured_at=str(data.get("measured_at", "")),
+        kv_cache_tokens=kv_cache_tokens,
+        max_batch_size=max_batch_size,
+        max_seq_len=max(1, kv_cache_tokens // max_batch_size),
+        prefill_chunk_tokens=V1_PREFILL_CHUNK_TOKENS,
+        decode=_decode_points(data),
+        chunks=tuple(chunks),
+    )
+
+
+def _decode_points(data: Mapping[str, Any]) -> tuple[DecodePoint, ...]:
+    return tuple(
+        DecodePoint(
+            batch_size=_number(p, "batch_size", f"decode[{i}]", int),
+            context_tokens=_number(p, "context_tokens", f"decode[{i}]", int, zero_ok=True),
+            step_seconds=_number(p, "step_seconds", f"decode[{i}]", float),
+        )
+        for i, p in enumerate(_list(data, "decode"))
+    )
+
+
+def _curves(points) -> list[tuple[float, list[tuple[float, float]]]]:
+    """(outer, inner, seconds) points -> one inner curve per measured outer value, sorted."""
+    by_outer: dict[float, list[tuple[float, float]]] = {}
+    for outer, inner, seconds in points:
+        by_outer.setdefault(float(outer), []).append((float(inner), seconds))
+    return [(o, sorted(by_outer[o])) for o in sorted(by_outer)]
+
+
+def _bilinear(curves, inner: float, outer: float, proportional: bool = False) -> float:
+    """Interpolates along each inner curve at `inner`, then across the outer values at `outer`."""
+    values = [(o, _interpolate(curve, inner, proportional)) for o, curve in curves]
+    return _interpolate(values, outer)
 
 
 def _interpolate(

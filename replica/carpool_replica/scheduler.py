@@ -1,23 +1,35 @@
 """Iteration-level scheduling over per-endpoint queues: pure Python, no torch, no clock reads.
 
-Contract: a :class:`Scheduler` owns the waiting queues, the running set and the KV slots.
-``submit`` queues a request or raises :class:`Rejected` (404 unknown endpoint, 429 queue full);
+Contract: a :class:`Scheduler` owns the waiting queues, the running set, the slots and the KV
+budget. It is the one model of a replica's rules: the worker's engine drives it with the model's
+(or an emulated) step, the simulator drives it in virtual time. ``submit`` queues a request or
+raises :class:`Rejected` (404 unknown endpoint, 400 too long, 429 queue full);
 ``schedule(now)`` returns the next :class:`Step`: requests that left (cancelled, or past their
 endpoint's ``maxQueueWaitMilliseconds``: 429), requests admitted into slots, the prefill chunks
 and the decode batch; ``complete(step, tokens)`` records the sampled tokens and frees the slots
 of finished requests. The rules:
 
 - Higher ``priority`` endpoints are admitted first; within an endpoint, first come first served.
+- A request is too long (400) when its prompt plus ``max_tokens`` exceeds the context
+  (``max_seq_len``) or the whole KV budget; it is never queued.
+- KV admission: an admitted request reserves its prompt plus ``max_tokens`` in whole blocks of
+  ``kv_block_tokens`` out of ``kv_cache_tokens`` until it leaves. When the head of the
+  highest-priority waiting queue does not fit, admission stops for this step, so lower
+  priorities never overtake it. (A slot cache is the case of one block per slot.)
 - An endpoint never runs more than ``maxBatchSize`` requests at once.
 - A waiting request is admitted once its endpoint's queue can fill the endpoint's free batch
   room, or once the oldest of them has waited ``batchWindowMilliseconds``; while a
   higher-priority endpoint gathers its batch, the slots it would take are held for it.
 - Each step decodes every running request that has its prompt in the cache, and prefills at
-  most ``prefill_token_budget`` prompt tokens (long prompts go in chunks), so a long prompt
-  never stalls the decodes running beside it.
+  most ``prefill_chunk_tokens`` prompt tokens (long prompts go in chunks), so a long prompt
+  never stalls the decodes running beside it. Both go in priority order, then arrival order.
 - A cancelled request leaves at the next step and its slot is free for that step's admissions.
 - Limits change at any time; endpoints dropped from the document stop taking requests but
   finish the ones they hold.
+
+``steady_decode_steps(step)`` says how many identical decode-only steps follow (nothing to
+prefill, nobody finishing sooner), and ``complete(step, tokens, repeat=k)`` records k of them at
+once: the simulator's fast-forward over a run of decode steps.
 
 The engine calls all of this under one lock; only ``Request.cancel`` is safe from any thread.
 """
@@ -26,10 +38,11 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .limits import EndpointLimits, LimitsDocument
+from carpool_replica.limits import EndpointLimits, LimitsDocument
 
 _ids = itertools.count(1)
 
@@ -50,7 +63,8 @@ class StaleLimits(Exception):
 
 @dataclass(eq=False)
 class Request:
-    prompt_ids: list[int]
+    # Token ids; the simulator passes a range() of the right length, which costs no memory.
+    prompt_ids: Sequence[int]
     max_tokens: int
     endpoint: str
     arrival: float
@@ -65,6 +79,7 @@ class Request:
     finish_reason: str | None = None
     cancelled: bool = False
     cancel_reason: str = "cancelled"
+    kv_reserved: int = 0
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Asks the request to leave at the next step; ``reason`` becomes its finish reason
@@ -96,6 +111,13 @@ class Step:
     def has_work(self) -> bool:
         return bool(self.prefill or self.decode)
 
+    @property
+    def sampling(self) -> list[Request]:
+        """The requests that get a token from this step: every decode row, and each prefill
+        chunk that completes its prompt."""
+        done = [r for r, start, length in self.prefill if start + length >= len(r.prompt_ids)]
+        return done + self.decode
+
 
 @dataclass
 class EndpointQueue:
@@ -111,13 +133,21 @@ class Scheduler:
         limits: LimitsDocument,
         num_slots: int,
         max_seq_len: int,
-        prefill_token_budget: int,
+        prefill_chunk_tokens: int,
         eos_token_ids: tuple[int, ...] = (),
+        kv_cache_tokens: int | None = None,
+        kv_block_tokens: int | None = None,
     ):
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len
-        self.prefill_token_budget = max(1, prefill_token_budget)
+        self.prefill_chunk_tokens = max(1, prefill_chunk_tokens)
         self.eos_token_ids = frozenset(eos_token_ids)
+        # Without a KV budget of its own, the cache is one block of max_seq_len per slot.
+        self.kv_block_tokens = kv_block_tokens or max_seq_len
+        self.kv_cache_tokens = (
+            kv_cache_tokens if kv_cache_tokens is not None else num_slots * max_seq_len
+        )
+        self.kv_reserved = 0
         self.free_slots: list[int] = list(range(num_slots - 1, -1, -1))
         self.running: list[Request] = []
         self.endpoints: dict[str, EndpointQueue] = {}
@@ -149,16 +179,22 @@ class Scheduler:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def kv_need(self, req: Request) -> int:
+        """KV tokens ``req`` reserves while it runs: prompt plus max_tokens, in whole blocks."""
+        total = len(req.prompt_ids) + req.max_tokens
+        return -(-total // self.kv_block_tokens) * self.kv_block_tokens
+
     def submit(self, req: Request) -> None:
         queue = self.endpoints.get(req.endpoint)
         if queue is None or queue.retired:
             raise Rejected(404, f"unknown endpoint {req.endpoint!r}")
         total = len(req.prompt_ids) + req.max_tokens
-        if total > self.max_seq_len:
+        if total > self.max_seq_len or self.kv_need(req) > self.kv_cache_tokens:
+            limit = min(self.max_seq_len, self.kv_cache_tokens)
             raise Rejected(
                 400,
                 f"prompt ({len(req.prompt_ids)} tokens) plus max_tokens ({req.max_tokens}) "
-                f"exceeds the context of {self.max_seq_len} tokens",
+                f"exceeds the context of {limit} tokens",
             )
         if len(queue.waiting) >= queue.limits.max_queue_length:
             raise Rejected(
@@ -168,6 +204,13 @@ class Scheduler:
                 retry_after=1,
             )
         queue.waiting.append(req)
+
+    def take_waiting(self) -> list[Request]:
+        """Removes and returns every queued request (a draining replica hands its queue back)."""
+        taken = [req for queue in self.endpoints.values() for req in queue.waiting]
+        for queue in self.endpoints.values():
+            queue.waiting.clear()
+        return taken
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Endpoint -> (waiting, running)."""
@@ -183,7 +226,7 @@ class Scheduler:
         step = Step()
         self._leave(step, now)
         self._admit(step, now)
-        budget = self.prefill_token_budget
+        budget = self.prefill_chunk_tokens
         by_priority = sorted(
             self.running, key=lambda r: (-self.endpoints[r.endpoint].limits.priority, r.arrival)
         )
@@ -218,32 +261,49 @@ class Scheduler:
 
     def _admit(self, step: Step, now: float) -> None:
         free = len(self.free_slots)
-        order = sorted(self.endpoints.items(), key=lambda item: -item[1].limits.priority)
-        for _, queue in order:
+        order = sorted(self.endpoints.values(), key=lambda queue: -queue.limits.priority)
+        for queue in order:
             if not queue.waiting or free == 0:
                 continue
             room = max(0, queue.limits.max_batch_size - queue.running)
             if room == 0:
                 continue
             window = queue.limits.batch_window_ms / 1000.0
-            gathered = len(queue.waiting) >= room or now - queue.waiting[0].arrival >= window
+            # The 1 ns tolerance makes a window that closes exactly now closed, whatever the
+            # rounding of arrival + window (the simulator wakes at exactly that time).
+            gathered = len(queue.waiting) >= room or now - queue.waiting[0].arrival >= window - 1e-9
             take = min(room, free, len(queue.waiting))
             if not gathered:
                 free -= take  # held for this endpoint while its window runs
                 continue
             for _ in range(take):
-                req = queue.waiting.popleft()
+                req = queue.waiting[0]
+                need = self.kv_need(req)
+                if self.kv_reserved + need > self.kv_cache_tokens:
+                    return  # the head waits for KV; lower priorities must not overtake it
+                queue.waiting.popleft()
                 req.slot = self.free_slots.pop()
+                req.kv_reserved = need
+                self.kv_reserved += need
                 req.admitted_at = now
                 queue.running += 1
                 self.running.append(req)
                 step.admitted.append(req)
             free -= take
 
+    def steady_decode_steps(self, step: Step) -> int:
+        """How many steps identical to ``step`` can run back to back: 1 unless it only decodes,
+        else until the first of its requests reaches max_tokens (an EOS can end one sooner; the
+        caller that fast-forwards generates none)."""
+        if step.prefill or not step.decode:
+            return 1
+        return max(1, min(r.max_tokens - len(r.output_ids) for r in step.decode))
+
     def complete(
-        self, step: Step, tokens: dict[int, int]
+        self, step: Step, tokens: dict[int, int], repeat: int = 1
     ) -> tuple[list[tuple[Request, int]], list[Request]]:
-        """Records the token sampled for each request id.
+        """Records the token sampled for each request id (``repeat`` times, for a run of
+        identical decode steps; see ``steady_decode_steps``).
 
         Returns the (request, token) pairs to send, in order, and the requests that finished.
         """
@@ -254,6 +314,8 @@ class Scheduler:
             if req.id not in tokens or req.finish_reason is not None:
                 continue
             token = tokens[req.id]
+            if repeat > 1:
+                req.output_ids.extend([token] * (repeat - 1))
             req.output_ids.append(token)
             emitted.append((req, token))
             if token in self.eos_token_ids:
@@ -268,19 +330,23 @@ class Scheduler:
     def _release(self, req: Request) -> None:
         self.running.remove(req)
         self.free_slots.append(req.slot)
+        self.kv_reserved -= req.kv_reserved
+        req.kv_reserved = 0
         queue = self.endpoints.get(req.endpoint)
         if queue is not None:
             queue.running -= 1
 
     def next_deadline(self, now: float) -> float | None:
-        """The soonest time a window closes or a wait expires: when to schedule again if idle."""
+        """The soonest time after ``now`` that a window closes or a wait expires: when to
+        schedule again if idle (a window already closed was acted on by the last schedule)."""
         times = []
         for queue in self.endpoints.values():
             if queue.waiting:
                 head = queue.waiting[0].arrival
                 times.append(head + queue.limits.batch_window_ms / 1000.0)
                 times.append(head + queue.limits.max_queue_wait_ms / 1000.0 + 1e-3)
-        return min(times) if times else None
+        future = [t for t in times if t > now]
+        return min(future) if future else None
 
     @property
     def kv_tokens_in_use(self) -> int:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from carpool_sim.replica import Limits, Replica
+from carpool_replica.limits import EndpointLimits
+from carpool_replica.steptime import StepCost
+from carpool_sim.replica import Replica
 from carpool_sim.trace import Request
 
-CHAT = Limits(priority=100, max_batch_size=4, batch_window_seconds=0.0,
-              max_queue_wait_seconds=5.0, max_queue_length=10)  # fmt: skip
-BATCH = Limits(priority=0, max_batch_size=2, batch_window_seconds=0.0,
-               max_queue_wait_seconds=60.0, max_queue_length=10)  # fmt: skip
+CHAT = EndpointLimits(priority=100, max_batch_size=4, batch_window_ms=0,
+                      max_queue_wait_ms=5000, max_queue_length=10)  # fmt: skip
+BATCH = EndpointLimits(priority=0, max_batch_size=2, batch_window_ms=0,
+                       max_queue_wait_ms=60_000, max_queue_length=10)  # fmt: skip
 
 
 class LinearSteps:
-    """Decode: `decode_seconds` per step whatever the batch; prefill: `per_token` a token."""
+    """Decode: `decode_seconds` per step whatever the batch; prefill: `per_token` a token,
+    wherever the chunk starts."""
 
     def __init__(self, decode_seconds: float = 0.01, per_token: float = 0.0001):
         self.decode_seconds = decode_seconds
@@ -23,8 +26,8 @@ class LinearSteps:
     def step_seconds(self, batch_size: float, context_tokens: float) -> float:
         return self.decode_seconds
 
-    def prefill_seconds(self, prompt_tokens: float) -> float:
-        return self.per_token * prompt_tokens
+    def chunk_seconds(self, chunk_tokens: float, offset_tokens: float) -> float:
+        return self.per_token * chunk_tokens
 
 
 class Log:
@@ -63,12 +66,13 @@ def make_replica():
 
     def make(recorder, budget=1000, slots=8, kv=100_000, chat=None, batch=None) -> Replica:
         return Replica(
-            LinearSteps(decode_seconds=0.01, per_token=0.0001),
+            StepCost(LinearSteps(decode_seconds=0.01, per_token=0.0001)),
             {"chat": chat or CHAT, "batch": batch or BATCH},
             recorder,
             slots=slots,
+            max_seq_len=kv,
             kv_cache_tokens=kv,
-            prefill_token_budget=budget,
+            prefill_chunk_tokens=budget,
         )
 
     return make
@@ -94,16 +98,21 @@ spec:
 """
 
 PROFILE = {
-    "schema": "carpool.dev/profile/v1",
+    "schema": "carpool.dev/profile/v2",
     "model": "test",
     "device": "test",
     "kv_cache_tokens": 65536,
     "max_batch_size": 64,
+    "max_seq_len": 4096,
+    "prefill_chunk_tokens": 2048,
     "decode": [
         {"batch_size": 1, "context_tokens": 512, "step_seconds": 0.01},
         {"batch_size": 64, "context_tokens": 512, "step_seconds": 0.02},
     ],
-    "prefill": [{"prompt_tokens": 100, "seconds": 0.005}, {"prompt_tokens": 2000, "seconds": 0.1}],
+    "prefill_chunks": [
+        {"chunk_tokens": 100, "offset_tokens": 0, "seconds": 0.005},
+        {"chunk_tokens": 2000, "offset_tokens": 0, "seconds": 0.1},
+    ],
 }
 
 

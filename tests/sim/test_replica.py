@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from carpool_sim.replica import Limits
+from carpool_replica.limits import EndpointLimits
 from carpool_sim.trace import Request
 
 BATCH_MAX = 2
@@ -67,7 +67,7 @@ def test_an_endpoint_never_runs_more_than_its_max_batch_size(log, make_replica):
 
 
 def test_a_lone_request_waits_out_the_batch_window(log, make_replica):
-    windowed = Limits(100, 4, 0.2, 5.0, 10)
+    windowed = EndpointLimits(100, 4, 200, 5000, 10)
     replica = make_replica(log, chat=windowed)
     request = Request("chat", 0.0, prompt_tokens=10, output_tokens=1)
     replica.submit(request, 0.0)
@@ -76,7 +76,7 @@ def test_a_lone_request_waits_out_the_batch_window(log, make_replica):
 
 
 def test_a_full_batch_does_not_wait_for_the_window(log, make_replica):
-    windowed = Limits(100, 2, 0.2, 5.0, 10)
+    windowed = EndpointLimits(100, 2, 200, 5000, 10)
     replica = make_replica(log, chat=windowed)
     pair = [Request("chat", 0.0, prompt_tokens=10, output_tokens=1) for _ in range(2)]
     for r in pair:
@@ -86,7 +86,7 @@ def test_a_full_batch_does_not_wait_for_the_window(log, make_replica):
 
 
 def test_a_request_waiting_past_its_max_wait_is_rejected(log, make_replica):
-    short = Limits(100, 1, 0.0, 0.5, 10)
+    short = EndpointLimits(100, 1, 0, 500, 10)
     replica = make_replica(log, chat=short)
     running = Request("chat", 0.0, prompt_tokens=10, output_tokens=200)
     stuck = Request("chat", 0.0, prompt_tokens=10, output_tokens=1)
@@ -97,7 +97,7 @@ def test_a_request_waiting_past_its_max_wait_is_rejected(log, make_replica):
 
 
 def test_a_full_queue_turns_requests_away(log, make_replica):
-    tiny_queue = Limits(100, 1, 0.0, 5.0, 1)
+    tiny_queue = EndpointLimits(100, 1, 0, 5000, 1)
     replica = make_replica(log, chat=tiny_queue)
     requests = [Request("chat", 0.0, prompt_tokens=10, output_tokens=100) for _ in range(3)]
     for r in requests:

@@ -28,8 +28,8 @@ from . import api
 from .api import ApiError, StopMatcher
 from .engine import DoneEvent, TokenEvent
 from .limits import LimitsError, parse_limits
-from .scheduler import Rejected, StaleLimits
-from .scheduler import Request as EngineRequest
+from carpool_replica.scheduler import Rejected, StaleLimits
+from carpool_replica.scheduler import Request as EngineRequest
 from .server import Worker
 from .tokenizer import IncrementalDecoder
 

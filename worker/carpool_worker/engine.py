@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .limits import LimitsDocument
 from .metrics import WorkerMetrics
-from .scheduler import Rejected, Request, Scheduler, Step
+from carpool_replica.scheduler import Rejected, Request, Scheduler, Step
 
 log = logging.getLogger(__name__)
 

@@ -2,29 +2,17 @@
 
 Contract: ``WorkerMetrics()`` registers every metric on its own ``CollectorRegistry`` (so several
 workers can live in one test process) and ``render()`` returns the text exposition. Latency
-histograms share ``LATENCY_BUCKETS``: roughly 25% apart from 1 ms to 60 s, so that
-``histogram_quantile(0.95, ...)`` resolves a p95 anywhere from 5 ms to 30 s to within a bucket's
-width of the truth.
+histograms share ``carpool_replica.buckets.LATENCY_BUCKETS`` with the simulator.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .limits import LimitsDocument
+from carpool_replica.buckets import LATENCY_BUCKETS, geometric
+from carpool_replica.limits import LimitsDocument
 
-
-def _geometric(start: float, stop: float, ratio: float) -> tuple[float, ...]:
-    out, value = [], start
-    while value <= stop * 1.0001:
-        # Round to 3 significant digits so bucket labels stay readable (le="0.0125").
-        out.append(float(f"{value:.3g}"))
-        value *= ratio
-    return tuple(out)
-
-
-LATENCY_BUCKETS = _geometric(0.001, 60.0, 1.25)
-STEP_BUCKETS = _geometric(0.0005, 5.0, 1.25)
+STEP_BUCKETS = geometric(0.0005, 5.0, 1.25)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 # "invalid": the client's mistake (4xx other than 429); "error": the worker's fault (5xx).
 OUTCOMES = ("ok", "rejected", "cancelled", "invalid", "error")

@@ -16,7 +16,7 @@ import torch
 
 from .engine import DoneEvent, Engine, TokenEvent
 from .limits import EndpointLimits, LimitsDocument
-from .scheduler import Request
+from carpool_replica.scheduler import Request
 
 
 def sync(device: torch.device) -> None:

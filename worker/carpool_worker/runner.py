@@ -15,7 +15,7 @@ import torch
 
 from .model import KVCache, LlamaModel
 from .sampling import sample
-from .scheduler import Step
+from carpool_replica.scheduler import Step
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from .api import error_body
 from .config import resolve_model_config
 from .limits import LimitsDocument, LimitsFileWatcher, default_limits, read_limits_file
 from .metrics import WorkerMetrics
-from .scheduler import StaleLimits
+from carpool_replica.scheduler import StaleLimits
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from carpool_worker.limits import EndpointLimits, LimitsDocument
-from carpool_worker.scheduler import Rejected, Request, Scheduler, StaleLimits
+from carpool_replica.limits import EndpointLimits, LimitsDocument
+from carpool_replica.scheduler import Rejected, Request, Scheduler, StaleLimits
 
 
 def limits(version: int = 1, **endpoints: dict) -> LimitsDocument:
@@ -218,3 +218,67 @@ def test_dropped_endpoint_finishes_what_it_holds_and_takes_no_more():
         run_step(s, now=t * 0.01)
     assert all(r.finish_reason == "length" for r in held)
     assert "a" not in s.endpoints
+
+
+def test_kv_admission_reserves_prompt_plus_max_tokens_and_frees_it_on_finish():
+    sched = Scheduler(limits(a={}), 8, 1000, 1000, eos_token_ids=(0,), kv_cache_tokens=1000,
+                      kv_block_tokens=1)  # fmt: skip
+    first, second = req("a", prompt=500, max_tokens=100), req("a", prompt=500, max_tokens=100)
+    sched.submit(first)
+    sched.submit(second)
+    step = sched.schedule(0.0)
+    assert step.admitted == [first]  # 600 + 600 tokens do not fit in 1,000
+    assert sched.kv_reserved == 600
+    sched.complete(step, {first.id: 5})
+    first.cancel()
+    assert sched.schedule(0.1).admitted == [second]
+    assert sched.kv_reserved == 600
+
+
+def test_a_higher_priority_head_that_does_not_fit_keeps_lower_priorities_waiting():
+    doc = limits(hi={"priority": 100}, lo={"priority": 0})
+    sched = Scheduler(doc, 8, 1000, 1000, kv_cache_tokens=1000, kv_block_tokens=1)
+    running = req("hi", prompt=700, max_tokens=100)
+    sched.submit(running)
+    sched.schedule(0.0)
+    big, small = req("hi", prompt=300, max_tokens=100), req("lo", prompt=10, max_tokens=10)
+    sched.submit(big)
+    sched.submit(small)
+    assert sched.schedule(0.1).admitted == []
+
+
+def test_kv_is_reserved_in_whole_blocks():
+    sched = Scheduler(limits(a={}), 8, 1000, 1000, kv_cache_tokens=1000, kv_block_tokens=64)
+    assert sched.kv_need(req("a", prompt=100, max_tokens=29)) == 192
+
+
+def test_a_request_larger_than_the_whole_kv_budget_is_too_long():
+    sched = Scheduler(limits(a={}), 8, 4096, 1000, kv_cache_tokens=1000, kv_block_tokens=1)
+    with pytest.raises(Rejected) as exc:
+        sched.submit(req("a", prompt=900, max_tokens=200))
+    assert exc.value.status == 400
+
+
+def test_steady_decode_steps_run_until_the_first_request_reaches_max_tokens():
+    sched = make(slots=4, budget=1000)
+    short, long = req("a", prompt=4, max_tokens=3), req("a", prompt=4, max_tokens=10)
+    sched.submit(short)
+    sched.submit(long)
+    first = sched.schedule(0.0)
+    assert sched.steady_decode_steps(first) == 1  # a prefill step is never repeated
+    sched.complete(first, {short.id: 7, long.id: 7})
+    decode = sched.schedule(0.1)
+    assert sched.steady_decode_steps(decode) == 2
+    _, finished = sched.complete(decode, {short.id: 7, long.id: 7}, repeat=2)
+    assert finished == [short]
+    assert len(long.output_ids) == 3
+
+
+def test_take_waiting_hands_back_every_queued_request():
+    sched = make(slots=1)
+    queued = [req("a", prompt=4) for _ in range(3)]
+    for r in queued:
+        sched.submit(r)
+    sched.schedule(0.0)
+    assert sched.take_waiting() == queued[1:]
+    assert not sched.has_waiting

@@ -1,0 +1,21 @@
+"""The latency histogram buckets: the worker exports them, the simulator records into them, and
+the operator's PromQL reads quantiles through them, so all three resolve a p95 alike.
+
+Contract: `LATENCY_BUCKETS` are upper bounds in seconds (+Inf implied), about 25% apart from
+1 ms to 60 s, so `histogram_quantile(0.95, ...)` resolves a p95 anywhere from 5 ms to 30 s to
+within a bucket's width of the truth. `geometric(start, stop, ratio)` builds such a ladder.
+"""
+
+from __future__ import annotations
+
+
+def geometric(start: float, stop: float, ratio: float) -> tuple[float, ...]:
+    out, value = [], start
+    while value <= stop * 1.0001:
+        # Round to 3 significant digits so bucket labels stay readable (le="0.0125").
+        out.append(float(f"{value:.3g}"))
+        value *= ratio
+    return tuple(out)
+
+
+LATENCY_BUCKETS = geometric(0.001, 60.0, 1.25)
