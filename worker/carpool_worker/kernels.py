@@ -6,7 +6,9 @@ rounding) with fewer passes over memory:
 - ``add_rmsnorm``: the residual add and the next RMSNorm in one pass (the residual is updated
   in place);
 - ``silu_mul``: SwiGLU's activation and product over the fused gate/up GEMM output;
-- ``rope_and_cache``: RoPE on q and k and the k/v write into the cache in one launch;
+- ``rope_and_cache``: RoPE on q and k and the k/v write into the cache in one launch (for a
+  prompt chunk, each program takes a block of tokens of one head, so an 8k-token chunk is not
+  hundreds of thousands of one-warp programs);
 - ``decode_attention``: split-K ("flash-decoding") attention that reads only each row's live
   context, each key/value once per group of query heads, then a small merge kernel;
 - ``prefill_attention``: not a Triton kernel but the shared SDPA call of ``torch_ops`` (flash
@@ -107,6 +109,57 @@ def _rope_cache_kernel(
 
 
 @triton.jit
+def _rope_cache_block_kernel(
+    qkv_ptr,
+    pos_ptr,
+    slot_ptr,
+    cos_ptr,
+    sin_ptr,
+    q_out_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    n_tokens,
+    max_seq,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """``_rope_cache_kernel`` over BLOCK_T tokens of one head per program (prompt chunks)."""
+    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    head = tl.program_id(1)
+    live = tok < n_tokens
+    half = tl.arange(0, D // 2)
+    both = live[:, None]
+    pos = tl.load(pos_ptr + tok, mask=live, other=0).to(tl.int64)
+    cos = tl.load(cos_ptr + pos[:, None] * (D // 2) + half[None, :], mask=both, other=0.0)
+    sin = tl.load(sin_ptr + pos[:, None] * (D // 2) + half[None, :], mask=both, other=0.0)
+    row = qkv_ptr + tok[:, None] * (H + 2 * K) * D
+    src = row + head * D + half[None, :]
+    x1 = tl.load(src, mask=both, other=0.0).to(tl.float32)
+    x2 = tl.load(src + D // 2, mask=both, other=0.0).to(tl.float32)
+    r1 = x1 * cos - x2 * sin
+    r2 = x2 * cos + x1 * sin
+    if head < H:
+        dst = q_out_ptr + (tok[:, None] * H + head) * D + half[None, :]
+        tl.store(dst, r1.to(q_out_ptr.dtype.element_ty), mask=both)
+        tl.store(dst + D // 2, r2.to(q_out_ptr.dtype.element_ty), mask=both)
+    else:
+        kh = head - H
+        slot = tl.load(slot_ptr + tok, mask=live, other=0).to(tl.int64)
+        at = (((slot * max_seq + pos) * K + kh) * D)[:, None]
+        tl.store(k_cache_ptr + at + half[None, :], r1.to(k_cache_ptr.dtype.element_ty), mask=both)
+        tl.store(
+            k_cache_ptr + at + D // 2 + half[None, :],
+            r2.to(k_cache_ptr.dtype.element_ty),
+            mask=both,
+        )
+        full = tl.arange(0, D)[None, :]
+        v = tl.load(row + (H + K + kh) * D + full, mask=both, other=0.0)
+        tl.store(v_cache_ptr + at + full, v, mask=both)
+
+
+@triton.jit
 def _decode_attn_partial_kernel(
     q_ptr,
     k_ptr,
@@ -179,6 +232,12 @@ def _decode_attn_merge_kernel(o_ptr, lse_ptr, out_ptr, D: tl.constexpr, SPLITS: 
     tl.store(out_ptr + head * D + d, out.to(out_ptr.dtype.element_ty))
 
 
+# Chunks of at least this many tokens take the token-blocked RoPE kernel, BLOCK_T tokens a
+# program; below it (every decode batch of up to 256 rows) the per-token kernel stays.
+PROMPT_ROPE_MIN_TOKENS = 257
+ROPE_BLOCK_TOKENS = 16
+
+
 def _splits_for(batch: int, kv_heads: int, sms: int) -> int:
     """Enough splits that batch x kv_heads x splits fills the SMs about twice."""
     want = max(2, min(32, (2 * sms) // max(1, batch * kv_heads)))
@@ -227,21 +286,13 @@ class TritonOps:
         n = qkv.shape[0]
         h, kh, d = config.num_heads, config.num_kv_heads, config.head_dim
         q = torch.empty((n, h, d), device=qkv.device, dtype=qkv.dtype)
-        _rope_cache_kernel[(n, h + kh)](
-            qkv,
-            positions,
-            slots,
-            rope_cos,
-            rope_sin,
-            q,
-            k_cache,
-            v_cache,
-            k_cache.shape[1],
-            H=h,
-            K=kh,
-            D=d,
-            num_warps=1,
-        )
+        args = (qkv, positions, slots, rope_cos, rope_sin, q, k_cache, v_cache)
+        if n >= PROMPT_ROPE_MIN_TOKENS:
+            _rope_cache_block_kernel[(triton.cdiv(n, ROPE_BLOCK_TOKENS), h + kh)](
+                *args, n, k_cache.shape[1], H=h, K=kh, D=d, BLOCK_T=ROPE_BLOCK_TOKENS, num_warps=4
+            )
+        else:  # decode batches (and short chunks): one token and head per program
+            _rope_cache_kernel[(n, h + kh)](*args, k_cache.shape[1], H=h, K=kh, D=d, num_warps=1)
         return q
 
     def decode_attention(self, q, k_cache, v_cache, slots, positions, max_len):
