@@ -6,10 +6,12 @@ at its offset) and, in the same process on the same device, the time of Hugging 
 ``LlamaForCausalLM`` (SDPA attention, random weights of the same shape, one prompt, logits of
 the last position only, as ``generate`` asks for); each with its share of the roofline and its
 cost per token. The roofline is ``2 x parameters x tokens / matmul peak``, the peak measured in
-the same run (a bf16 8192^3 product on CUDA). A header line gives the device, versions, the peak
-and whether the prefill attention runs on SDPA's flash kernel; a summary line and a table end
-the run. It imports only the model side of the worker (no HTTP, no engine), so it runs where
-torch, triton and transformers are installed and nothing else is.
+the same run (a bf16 8192^3 product on CUDA). The peer is given carpool's weights, so each line
+also says how far the two last-position logits are apart and whether the argmax agrees (and
+chunked against one-shot): a check of the device path, not only a timing. A header line gives
+the device, versions, the peak and whether the prefill attention runs on SDPA's flash kernel; a
+summary line and a table end the run. It imports only the model side of the worker (no HTTP,
+no engine), so it runs where torch, triton and transformers are installed and nothing else is.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def flash_attention_usable(config, device, dtype) -> dict[str, bool] | None:
 
 @torch.inference_mode()
 def time_carpool(model, cache, prompt: torch.Tensor, chunk: int, reps: int):
-    """Median seconds of the whole prefill and of each chunk; ``chunk`` >= len(prompt) is
-    one-shot. One untimed run first (Triton compiles, cuBLAS picks its kernels)."""
+    """Median seconds of the whole prefill and of each (start, seconds) chunk, and the last
+    logits; ``chunk`` >= len(prompt) is one-shot. One untimed run first (Triton compiles, cuBLAS
+    picks its kernels)."""
     starts = list(range(0, prompt.shape[0], chunk))
     runs = []
     for _ in range(reps + 1):
@@ -110,11 +113,11 @@ def time_carpool(model, cache, prompt: torch.Tensor, chunk: int, reps: int):
     runs = runs[1:]
     total = statistics.median(sum(run) for run in runs)
     per_chunk = [statistics.median(run[i] for run in runs) for i in range(len(starts))]
-    return total, list(zip(starts, per_chunk, strict=True))
+    return total, list(zip(starts, per_chunk, strict=True)), logits
 
 
 def hf_peer(config, device, dtype):
-    """transformers' LlamaForCausalLM of the same shape, random weights built on the device."""
+    """transformers' LlamaForCausalLM of the same shape, built on the device."""
     import transformers
 
     kwargs = dict(
@@ -153,8 +156,40 @@ def hf_peer(config, device, dtype):
     return model
 
 
+@torch.no_grad()
+def copy_weights(peer, model) -> None:
+    """carpool's fused q/k/v and gate/up weights, split into the peer's separate projections."""
+    c, p = model.config, model.params
+    peer.model.embed_tokens.weight.copy_(p["embed"])
+    peer.model.norm.weight.copy_(p["norm"])
+    if not c.tie_word_embeddings:
+        peer.lm_head.weight.copy_(p["lm_head"])
+    widths = [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
+    for i, layer in enumerate(peer.model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        for proj, weight in zip(
+            (attn.q_proj, attn.k_proj, attn.v_proj), p[f"{i}.wqkv"].split(widths), strict=True
+        ):
+            proj.weight.copy_(weight)
+        attn.o_proj.weight.copy_(p[f"{i}.wo"])
+        layer.input_layernorm.weight.copy_(p[f"{i}.attn_norm"])
+        layer.post_attention_layernorm.weight.copy_(p[f"{i}.mlp_norm"])
+        gate, up = p[f"{i}.w_gate_up"].chunk(2)
+        mlp.gate_proj.weight.copy_(gate)
+        mlp.up_proj.weight.copy_(up)
+        mlp.down_proj.weight.copy_(p[f"{i}.w_down"])
+
+
+def compare(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
+    a, b = ours.float(), theirs.float()
+    return {
+        "rel_err": float(f"{float((a - b).norm() / b.norm()):.3g}"),
+        "argmax_agrees": bool(a.argmax() == b.argmax()),
+    }
+
+
 @torch.inference_mode()
-def time_peer(peer, prompt: torch.Tensor, reps: int) -> float:
+def time_peer(peer, prompt: torch.Tensor, reps: int):
     ids = prompt[None, :]
     times = []
     for _ in range(reps + 1):
@@ -164,7 +199,7 @@ def time_peer(peer, prompt: torch.Tensor, reps: int) -> float:
         clock.mark()
         int(logits[0, -1].argmax())
         times.append(clock.intervals()[0])
-    return statistics.median(times[1:])
+    return statistics.median(times[1:]), logits[0, -1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_peak(device, dtype, args.peak_size or (8192 if cuda else 512))
     model = load_model(config, device, dtype, ops)
     cache = KVCache(config, 1, max(lengths), device, dtype)
-    peer = None if args.no_peer else hf_peer(config, device, dtype)
+    peer = None
+    if not args.no_peer:
+        peer = hf_peer(config, device, dtype)
+        copy_weights(peer, model)
     header = {
         "device": device_name(device),
         "torch": torch.__version__,
@@ -233,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for tokens in lengths:
         prompt = torch.randint(0, config.vocab_size, (tokens,), device=device, generator=gen)
         roofline = 2 * config.num_params * tokens / peak
-        one_shot, _ = time_carpool(model, cache, prompt, tokens, args.reps)
+        one_shot, _, logits = time_carpool(model, cache, prompt, tokens, args.reps)
         row = {
             "prompt_tokens": tokens,
             "roofline_seconds": round(roofline, 6),
@@ -242,8 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             "carpool_us_per_token": per_token_us(one_shot, tokens),
         }
         if 0 < args.chunk < tokens:
-            total, chunks = time_carpool(model, cache, prompt, args.chunk, args.reps)
+            total, chunks, chunked_logits = time_carpool(
+                model, cache, prompt, args.chunk, args.reps
+            )
             row |= {
+                "chunked_vs_one_shot": compare(chunked_logits, logits),
                 "chunk_tokens": args.chunk,
                 "chunked_seconds": round(total, 6),
                 "chunked_share": share(roofline, total),
@@ -251,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                 "chunk_ms_at_offset": [[s, round(t * 1e3, 3)] for s, t in chunks],
             }
         if peer is not None:
-            hf = time_peer(peer, prompt, args.reps)
+            hf, hf_logits = time_peer(peer, prompt, args.reps)
             row |= {
+                "one_shot_vs_hf": compare(logits, hf_logits),
                 "hf_seconds": round(hf, 6),
                 "hf_share": share(roofline, hf),
                 "hf_us_per_token": per_token_us(hf, tokens),
