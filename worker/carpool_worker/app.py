@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from . import api
 from .api import ApiError, StopMatcher
@@ -66,6 +67,15 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
             408, f"the body did not arrive within {timeout:g} s", Connection="close"
         ) from None
     return b"".join(chunks)
+
+
+def allowed_methods(app: FastAPI, scope) -> set[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.PARTIAL:  # the path matches, the method does not
+            methods |= getattr(route, "methods", None) or set()
+    return methods
 
 
 def _error_docs(*statuses: int) -> dict:
@@ -122,9 +132,13 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
         return error_response(exc.status, exc.message, exc.param, exc.headers or None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_req, exc: StarletteHTTPException):
-        # Keeps Starlette's headers, such as Allow on a 405.
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette's Allow names the first route on the path only; a path served by one
+            # route per method (GET and PUT /admin/limits) must name them all.
+            headers = {"Allow": ", ".join(sorted(allowed_methods(app, request.scope)))}
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, _exc: ClientDisconnect):
@@ -158,7 +172,10 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
     async def readyz():
         if not worker.ready:
             return error_response(503, "the model is loading", headers={"Retry-After": "5"})
-        return {"status": "ready", "limitsVersion": worker.engine.limits.version}
+        ready = {"status": "ready", "limitsVersion": worker.engine.limits.version}
+        if worker.profile is not None:  # say so wherever an emulated GPU shows
+            ready["emulated"] = f"{worker.profile.model} on {worker.profile.device}"
+        return ready
 
     @app.get(
         "/metrics",

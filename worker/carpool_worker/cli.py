@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="connections open at once; past it a new one is answered 503 and closed",
     )
+    p.add_argument(
+        "--emulate",
+        type=Path,
+        metavar="PROFILE",
+        help="serve through an emulated GPU: no model runs, each step sleeps its time from this "
+        "profile JSON (slots and context come from it too)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -98,10 +105,11 @@ def main(argv: list[str]) -> int:
         body_timeout_seconds=args.body_timeout_seconds,
         keep_alive_seconds=args.keep_alive_seconds,
         max_connections=args.max_connections,
+        emulate=args.emulate,
     )
     try:
         worker = Worker(settings)
-    except (ModelSpecError, LimitsError, OSError) as exc:
+    except (ModelSpecError, LimitsError, ValueError, OSError) as exc:
         print(f"carpool worker: {exc}")
         return 2
     config = uvicorn_config(

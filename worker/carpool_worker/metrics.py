@@ -66,6 +66,11 @@ class WorkerMetrics:
         self.kv_usage = Gauge(
             "carpool_kv_cache_usage_ratio", "KV cache tokens in use over capacity.", registry=r
         )
+        self.emulated = Gauge(
+            "carpool_worker_emulated",
+            "1 when no model runs: an emulated GPU sleeps each step's profiled time.",
+            registry=r,
+        )
         self.batch_limit = Gauge(
             "carpool_batch_limit", "The limits in force.", ["endpoint", "limit"], registry=r
         )

@@ -27,13 +27,30 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from carpool_replica.scheduler import StaleLimits
+
 from .api import error_body
 from .config import resolve_model_config
 from .limits import LimitsDocument, LimitsFileWatcher, default_limits, read_limits_file
 from .metrics import WorkerMetrics
-from carpool_replica.scheduler import StaleLimits
 
 log = logging.getLogger(__name__)
+
+
+def read_profile(path: Path):
+    """The profile an emulated worker serves by; ProfileError (a ValueError) names the field."""
+    from carpool_replica.profile import Profile, ProfileError
+
+    try:
+        return Profile.from_dict(json.loads(Path(path).read_text()))
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{path}: not JSON: {exc}") from exc
+
+
+def default_prefill_chunk_tokens(cuda: bool) -> int:
+    """Prompt tokens per engine step when not set: the one default the worker and
+    `carpool profile` share (a profile records the chunk it was measured with)."""
+    return 512 if cuda else 64
 
 
 @dataclass
@@ -54,6 +71,8 @@ class WorkerSettings:
     keep_alive_seconds: float = 5.0  # an idle connection between two requests
     max_connections: int = 1024  # open at once; each holds a socket and a little memory
     seed: int = 0
+    # A profile JSON: serve through an emulated GPU that sleeps each step's measured time.
+    emulate: Path | None = None
 
 
 class Worker:
@@ -71,15 +90,42 @@ class Worker:
         self.engine = None
         self.codec = None
         self.max_context = min(settings.max_context, self.config.max_position_embeddings)
+        # An emulated worker is sized by its profile: slots and context as measured.
+        self.profile = None if settings.emulate is None else read_profile(settings.emulate)
+        if self.profile is not None:
+            self.max_context = self.profile.max_seq_len
+            self.metrics.emulated.set(1)
         self._watcher: LimitsFileWatcher | None = None
 
     def load(self) -> None:
+        from .engine import Engine
+        from .tokenizer import load_tokenizer
+
+        s = self.settings
+        self.codec = load_tokenizer(self.config)
+        if s.emulate is not None:
+            runner, chunk, eos = self._emulated_runner()
+        else:
+            runner, chunk, eos = self._model_runner()
+        self.engine = Engine(
+            runner, self.initial_limits, self.metrics, prefill_token_budget=chunk, eos_token_ids=eos
+        )
+        self.engine.start()
+        if s.limits_path is not None:
+            self._watcher = LimitsFileWatcher(
+                s.limits_path, self.apply_limits, s.limits_poll_seconds
+            )
+            self._watcher.check_once()  # records the digest of the file already applied
+            self._watcher.start()
+        self.ready = True
+        log.info("ready: %d slots of %d tokens", runner.num_slots, runner.max_seq_len)
+
+    def _model_runner(self):
+        """The model on this machine's GPU (or CPU): (runner, prefill chunk, EOS ids)."""
         import torch
 
-        from .engine import Engine
         from .model import load_model
         from .runner import ModelRunner
-        from .tokenizer import load_tokenizer
 
         s = self.settings
         want_cuda = s.device == "cuda" or (s.device == "auto" and torch.cuda.is_available())
@@ -93,28 +139,25 @@ class Worker:
         log.info("loading %s on %s (%s)", self.config.name, device, dtype)
         torch.manual_seed(s.seed)
         model = load_model(self.config, device, dtype, ops)
-        self.codec = load_tokenizer(self.config)
         runner = ModelRunner(
             model, s.max_batch_size, self.max_context, use_cuda_graphs=want_cuda and s.cuda_graphs
         )
         runner.warmup()
-        budget = s.prefill_token_budget or (512 if want_cuda else 64)
-        self.engine = Engine(
-            runner,
-            self.initial_limits,
-            self.metrics,
-            prefill_token_budget=budget,
-            eos_token_ids=self.config.eos_token_ids,
+        chunk = s.prefill_token_budget or default_prefill_chunk_tokens(want_cuda)
+        return runner, chunk, self.config.eos_token_ids
+
+    def _emulated_runner(self):
+        """An emulated GPU sized and timed by the profile: (runner, its prefill chunk, no EOS)."""
+        from .emulated import EmulatedRunner
+
+        profile = self.profile
+        log.warning(
+            "EMULATED GPU: no model runs; each step sleeps its time from the profile of %s on %s",
+            profile.model,
+            profile.device,
         )
-        self.engine.start()
-        if s.limits_path is not None:
-            self._watcher = LimitsFileWatcher(
-                s.limits_path, self.apply_limits, s.limits_poll_seconds
-            )
-            self._watcher.check_once()  # records the digest of the file already applied
-            self._watcher.start()
-        self.ready = True
-        log.info("ready: %d slots of %d tokens", s.max_batch_size, self.max_context)
+        runner = EmulatedRunner(profile, self.config.vocab_size)
+        return runner, profile.prefill_chunk_tokens, ()
 
     def load_in_background(self) -> threading.Thread:
         def run() -> None:

@@ -1,0 +1,97 @@
+"""The emulated GPU: steps cost what the profile says, tokens are deterministic, and a request
+served through the worker's engine on it finishes with exactly its max_tokens."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from carpool_replica.limits import EndpointLimits, LimitsDocument
+from carpool_replica.profile import Profile
+from carpool_replica.scheduler import Request, Step
+from carpool_worker.emulated import EmulatedRunner, emulated_token
+from carpool_worker.engine import DoneEvent, Engine, TokenEvent
+
+PROFILE = Profile.from_dict(
+    {
+        "schema": "carpool.dev/profile/v2",
+        "model": "bench-8b",
+        "device": "test GPU",
+        "kv_cache_tokens": 4 * 1024,
+        "max_batch_size": 4,
+        "max_seq_len": 1024,
+        "prefill_chunk_tokens": 256,
+        "decode": [
+            {"batch_size": 1, "context_tokens": 0, "step_seconds": 0.010},
+            {"batch_size": 4, "context_tokens": 0, "step_seconds": 0.016},
+        ],
+        "prefill_chunks": [
+            {"chunk_tokens": 256, "offset_tokens": 0, "seconds": 0.020},
+            {"chunk_tokens": 256, "offset_tokens": 256, "seconds": 0.030},
+        ],
+    }
+)
+VOCAB = 128_256
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def request(prompt: int, max_tokens: int) -> Request:
+    return Request(prompt_ids=list(range(1, prompt + 1)), max_tokens=max_tokens, endpoint="a",
+                   arrival=0.0)  # fmt: skip
+
+
+def test_a_step_blocks_for_its_profiled_cost():
+    fake = FakeTime()
+    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+    long = request(512, 4)
+    runner.execute(Step(prefill=[(long, 256, 256)]))  # the second chunk: offset 256
+    assert fake.slept == [pytest.approx(0.030)]
+
+
+def test_engine_overhead_between_steps_is_absorbed_by_the_running_deadline():
+    fake = FakeTime()
+    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+    req = request(8, 4)
+    req.num_prefilled, req.output_ids = 8, [5]
+    runner.execute(Step(decode=[req]))
+    fake.now -= 0.004  # the engine came back before the last step's deadline: a GPU queue
+    runner.execute(Step(decode=[req]))
+    assert fake.slept == [pytest.approx(0.010), pytest.approx(0.014)]
+
+
+def test_tokens_depend_on_the_prompt_and_position_only():
+    a, b = request(30, 4), request(30, 4)
+    assert emulated_token(a.prompt_ids, 3) == emulated_token(b.prompt_ids, 3)
+    assert emulated_token(a.prompt_ids, 3) != emulated_token(a.prompt_ids, 4)
+
+
+def test_a_request_through_the_engine_generates_exactly_max_tokens():
+    runner = EmulatedRunner(PROFILE, VOCAB)
+    doc = LimitsDocument(1, "a", {"a": EndpointLimits(0, 4, 0, 60_000, 10)})
+    engine = Engine(runner, doc, prefill_token_budget=PROFILE.prefill_chunk_tokens)
+    engine.start()
+    events: queue.Queue = queue.Queue()
+    req = request(600, 7)
+    req.arrival, req.sink = time.monotonic(), events.put
+    try:
+        engine.submit(req)
+        got = [events.get(timeout=10) for _ in range(8)]
+    finally:
+        engine.stop()
+    assert [type(e) for e in got] == [TokenEvent] * 7 + [DoneEvent]
+    assert got[-1].reason == "length"
+    assert [e.token_id for e in got[:7]] == [emulated_token(req.prompt_ids, i) for i in range(7)]
