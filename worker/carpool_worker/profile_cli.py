@@ -1,9 +1,12 @@
 """``carpool profile``: measure a model's step-time profile on this device (schema in profile.md).
 
-Contract: ``main(argv) -> int``. Writes a ``carpool.dev/profile/v1`` JSON (decode step seconds on
-a grid of batch sizes x context lengths, prefill seconds per prompt length, the KV capacity) and
-a PNG of the Pareto curve: generated tokens per second against p95 time to first token as the
-batch limit grows, measured through the real engine.
+Contract: ``main(argv) -> int``. Writes a ``carpool.dev/profile/v2`` JSON (docs/profile.md),
+every step timed as the engine runs it: decode steps on a grid of batch sizes x context lengths,
+prefill chunks on a grid of chunk lengths x offsets into the prompt, and mixed steps (a chunk
+beside a decode batch) to check that a mixed step costs the sum of its parts; with the slots,
+context and prefill chunk the worker serves with. Also a PNG of the Pareto curve: generated
+tokens per second against p95 time to first token as the batch limit grows, measured through
+the real engine.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-SCHEMA = "carpool.dev/profile/v1"
+SCHEMA = "carpool.dev/profile/v2"
 
 
 def _ints(text: str) -> list[int]:
@@ -29,7 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=2304, help="tokens per slot")
     p.add_argument("--batch-sizes", type=_ints, default=_ints("1,2,4,8,16,32,64,128"))
     p.add_argument("--contexts", type=_ints, default=_ints("128,512,1024,2048"))
-    p.add_argument("--prompt-lengths", type=_ints, default=_ints("16,64,256,1024,2048"))
+    p.add_argument(
+        "--prefill-chunk-tokens",
+        type=int,
+        default=0,
+        help="prompt tokens per engine step, as the worker's flag (0: the worker's default)",
+    )
+    p.add_argument(
+        "--chunk-sizes", type=_ints, default=_ints("16,64,128,256,512,1024,2048"),
+        help="prefill chunk lengths measured (those above the chunk size are skipped)",
+    )  # fmt: skip
+    p.add_argument(
+        "--offsets", type=_ints, default=_ints("0,512,1024,2048,4096,8192,16384"),
+        help="offsets into the prompt at which chunks are measured (below --max-context)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mixed", type=_ints, default=_ints("1,16,64"),
+        help="decode batch sizes measured beside a full chunk, to check additivity",
+    )  # fmt: skip
     p.add_argument("--pareto-batch-sizes", type=_ints, default=_ints("1,2,4,8,16,32,64,128"))
     p.add_argument("--pareto-prompt-tokens", type=int, default=256)
     p.add_argument("--pareto-new-tokens", type=int, default=64)
@@ -91,20 +111,45 @@ def measure(args, runner, log) -> dict:
                 {"batch_size": batch, "context_tokens": context, "step_seconds": round(seconds, 6)}
             )
             log.info("decode batch=%d context=%d %.3f ms", batch, context, seconds * 1e3)
-    prefill = []
-    for tokens in args.prompt_lengths:
-        if tokens >= runner.max_seq_len:
-            continue
-        seconds = profiling.prefill_seconds(runner, tokens)
-        prefill.append({"prompt_tokens": tokens, "seconds": round(seconds, 6)})
-        log.info("prefill %d tokens %.3f ms", tokens, seconds * 1e3)
+    from .server import default_prefill_chunk_tokens
+
+    chunk_tokens = args.prefill_chunk_tokens or default_prefill_chunk_tokens(
+        runner.device.type == "cuda"
+    )
+    chunks = []
+    for offset in args.offsets:
+        for chunk in sorted({c for c in args.chunk_sizes if c <= chunk_tokens} | {chunk_tokens}):
+            if offset + chunk > runner.max_seq_len:
+                continue
+            seconds = profiling.chunk_seconds(runner, chunk, offset)
+            chunks.append(
+                {"chunk_tokens": chunk, "offset_tokens": offset, "seconds": round(seconds, 6)}
+            )
+            log.info("prefill chunk=%d offset=%d %.3f ms", chunk, offset, seconds * 1e3)
+    mixed = []
+    for batch in args.mixed:
+        for context, offset in ((512, 0), (2048, 2048)):
+            if (
+                batch + 1 > runner.num_slots
+                or max(context, offset + chunk_tokens) > runner.max_seq_len
+            ):
+                continue
+            seconds = profiling.mixed_seconds(runner, batch, context, chunk_tokens, offset)
+            mixed.append({"batch_size": batch, "context_tokens": context,
+                          "chunk_tokens": chunk_tokens, "offset_tokens": offset,
+                          "seconds": round(seconds, 6)})  # fmt: skip
+            log.info("mixed %s", mixed[-1])
     pareto = []
-    budget = 2048 if runner.device.type == "cuda" else 256
     for batch in args.pareto_batch_sizes:
         if batch > runner.num_slots:
             continue
         point = profiling.engine_pareto_point(
-            runner, batch, args.pareto_prompt_tokens, args.pareto_new_tokens, 2 * batch, budget
+            runner,
+            batch,
+            args.pareto_prompt_tokens,
+            args.pareto_new_tokens,
+            2 * batch,
+            chunk_tokens,
         )
         pareto.append(point)
         log.info("pareto %s", point)
@@ -116,8 +161,11 @@ def measure(args, runner, log) -> dict:
         "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "kv_cache_tokens": runner.num_slots * runner.max_seq_len,
         "max_batch_size": runner.num_slots,
+        "max_seq_len": runner.max_seq_len,
+        "prefill_chunk_tokens": chunk_tokens,
         "decode": decode,
-        "prefill": prefill,
+        "prefill_chunks": chunks,
+        "mixed": mixed,
         "pareto": {
             "prompt_tokens": args.pareto_prompt_tokens,
             "new_tokens": args.pareto_new_tokens,

@@ -1,9 +1,12 @@
-"""Measurements of a model runner: copy bandwidth, decode step, prefill, engine Pareto points.
+"""Measurements of a model runner: copy bandwidth, decode step, prefill chunks, mixed steps,
+engine Pareto points.
 
 Contract: functions take a warmed :class:`~carpool_worker.runner.ModelRunner` and return
-seconds (medians of repeated runs). The decode step is timed the way the engine runs it: inputs
-copied in, the (graph) forward, sampling, and the sampled ids back on the host. The KV cache is
-filled with random values first, so no timing runs over zeros.
+seconds (medians of repeated runs). Steps are timed the way the engine runs them, through
+``runner.execute(step)`` on a scheduler :class:`Step`: inputs copied in, the (graph) forward,
+sampling, and the sampled ids back on the host. A prefill chunk is timed at its offset into the
+prompt (it attends to the tokens already cached), a mixed step is a chunk beside a decode batch.
+The KV cache is filled with random values first, so no timing runs over zeros.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import time
 
 import torch
 
+from carpool_replica.scheduler import Request, Step
+
 from .engine import DoneEvent, Engine, TokenEvent
 from .limits import EndpointLimits, LimitsDocument
-from carpool_replica.scheduler import Request
 
 
 def sync(device: torch.device) -> None:
@@ -59,6 +63,55 @@ def decode_step_seconds(runner, batch: int, context: int, steps: int = 20) -> fl
         if i >= 3:  # the first replays page things in
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _decoding(runner, batch: int, context: int) -> list[Request]:
+    """``batch`` requests in slots 0.., each ``context`` tokens into its output."""
+    reqs = []
+    for i in range(batch):
+        req = Request(range(context - 1), 1 << 20, "profile", 0.0)
+        req.slot, req.num_prefilled, req.output_ids = i, context - 1, [(17 * i + 3) % 1000]
+        reqs.append(req)
+    return reqs
+
+
+def _chunk(runner, slot: int, chunk: int, offset: int) -> tuple[Request, int, int]:
+    vocab = runner.model.config.vocab_size
+    prompt = [(7 * j + 11) % vocab for j in range(offset + chunk)]
+    req = Request(prompt, 1, "profile", 0.0)
+    req.slot, req.num_prefilled = slot, offset
+    return req, offset, chunk
+
+
+def step_seconds(runner, make_step, reps: int = 5) -> float:
+    """Median seconds of ``runner.execute(make_step())`` after one warm-up run."""
+    times = []
+    for i in range(reps + 1):
+        step = make_step()
+        sync(runner.device)
+        start = time.perf_counter()
+        runner.execute(step)
+        sync(runner.device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def chunk_seconds(runner, chunk: int, offset: int, reps: int = 5) -> float:
+    """One engine step that prefills ``chunk`` prompt tokens starting ``offset`` into the
+    prompt (the first ``offset`` tokens already cached), and nothing else."""
+    return step_seconds(runner, lambda: Step(prefill=[_chunk(runner, 0, chunk, offset)]), reps)
+
+
+def mixed_seconds(runner, batch: int, context: int, chunk: int, offset: int, reps: int = 5):
+    """One engine step that decodes ``batch`` sequences at ``context`` tokens and prefills a
+    ``chunk`` at ``offset`` for one more sequence."""
+
+    def make() -> Step:
+        return Step(prefill=[_chunk(runner, batch, chunk, offset)],
+                    decode=_decoding(runner, batch, context))  # fmt: skip
+
+    return step_seconds(runner, make, reps)
 
 
 @torch.inference_mode()
