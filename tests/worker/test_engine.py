@@ -9,12 +9,12 @@ import time
 import pytest
 import torch
 
+from carpool_replica.scheduler import Request
 from carpool_worker.config import PRESETS
 from carpool_worker.engine import DoneEvent, Engine, TokenEvent
 from carpool_worker.limits import EndpointLimits, LimitsDocument
 from carpool_worker.model import load_model
 from carpool_worker.runner import ModelRunner
-from carpool_replica.scheduler import Request
 
 from .conftest import wait_for
 

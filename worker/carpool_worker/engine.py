@@ -22,9 +22,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+from carpool_replica.scheduler import Rejected, Request, Scheduler, Step
+
 from .limits import LimitsDocument
 from .metrics import WorkerMetrics
-from carpool_replica.scheduler import Rejected, Request, Scheduler, Step
 
 log = logging.getLogger(__name__)
 

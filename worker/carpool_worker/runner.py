@@ -13,9 +13,10 @@ import logging
 
 import torch
 
+from carpool_replica.scheduler import Step
+
 from .model import KVCache, LlamaModel
 from .sampling import sample
-from carpool_replica.scheduler import Step
 
 log = logging.getLogger(__name__)
 
