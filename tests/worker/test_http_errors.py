@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 
 import httpx
@@ -18,7 +20,8 @@ CASES = [
     ("missing_prompt", b'{"max_tokens": 3}', {}, 400, "prompt"),
     ("empty_prompt", b'{"prompt": ""}', {}, 400, "prompt"),
     ("prompt_wrong_type", b'{"prompt": {"a": 1}}', {}, 400, "prompt"),
-    ("two_prompts", b'{"prompt": ["a", "b"]}', {}, 400, "prompt"),
+    ("two_prompts", b'{"prompt": ["a", "b"]}', {}, 400, "only one prompt per request"),
+    ("two_token_prompts", b'{"prompt": [[1], [2]]}', {}, 400, "only one prompt per request"),
     ("token_outside_vocabulary", b'{"prompt": [1, 999999]}', {}, 400, "vocabulary"),
     ("negative_token", b'{"prompt": [-5]}', {}, 400, "vocabulary"),
     ("prompt_longer_than_context", b'{"prompt": "' + b"x" * 400 + b'"}', {}, 400, "context"),
@@ -43,6 +46,25 @@ CASES = [
     ("nan_temperature", b'{"prompt": "hi", "temperature": NaN}', {}, 400, "NaN"),
     ("infinite_top_p", b'{"prompt": "hi", "top_p": Infinity}', {}, 400, "Infinity"),
     ("zero_top_p", b'{"prompt": "hi", "top_p": 0}', {}, 400, "top_p"),
+    ("top_p_zero_on_the_device", b'{"prompt": "hi", "top_p": 1e-300}', {}, 400, "top_p"),
+    (
+        "temperature_zero_on_the_device",
+        b'{"prompt": "hi", "temperature": 1e-300}',
+        {},
+        400,
+        "temperature",
+    ),
+    ("logprobs_asked_for", b'{"prompt": "hi", "logprobs": 5}', {}, 400, "logprobs"),
+    ("echo_asked_for", b'{"prompt": "hi", "echo": true}', {}, 400, "echo"),
+    (
+        "penalty_asked_for",
+        b'{"prompt": "hi", "presence_penalty": 0.5}',
+        {},
+        400,
+        "presence_penalty",
+    ),
+    ("unknown_field", b'{"prompt": "hi", "colour": "red"}', {}, 400, "colour"),
+    ("model_not_a_string", b'{"prompt": "hi", "model": 7}', {}, 400, "model"),
     ("too_many_stops", b'{"prompt": "hi", "stop": ["a","b","c","d","e"]}', {}, 400, "stop"),
     ("n_two", b'{"prompt": "hi", "n": 2}', {}, 400, "n must be 1"),
     ("stream_not_bool", b'{"prompt": "hi", "stream": "yes"}', {}, 400, "stream"),
@@ -86,15 +108,125 @@ def test_unknown_route_or_method_gets_json(client, method, path, status):
     assert r.json()["error"]["code"] == status
 
 
-def test_declared_oversize_body_is_refused_unread(server):
-    # A raw socket: HTTP clients refuse to send a Content-Length they cannot honour.
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", "/v1/completions", {"POST"}), ("DELETE", "/admin/limits", {"GET", "PUT"})],
+)
+def test_wrong_method_names_the_allowed_ones(client, method, path, allowed):
+    r = client.request(method, path)
+    assert r.status_code == 405
+    assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
+
+
+def test_null_max_tokens_means_the_default(client):
+    r = client.post("/v1/completions", json=OK | {"max_tokens": None})
+    assert r.status_code == 200, r.text
+    assert 1 <= r.json()["usage"]["completion_tokens"] <= 16
+
+
+def test_openai_fields_at_their_neutral_values_are_accepted(client):
+    neutral = {
+        "logprobs": None,
+        "echo": False,
+        "best_of": 1,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0,
+        "logit_bias": {},
+        "model": "tiny",
+        "user": "someone",
+        "n": None,
+        "stream": None,
+    }
+    r = client.post("/v1/completions", json=OK | neutral)
+    assert r.status_code == 200, r.text
+
+
+def test_refused_field_is_named_in_param(client):
+    r = client.post("/v1/completions", json=OK | {"logprobs": 1})
+    assert r.json()["error"]["param"] == "logprobs"
+
+
+def raw_exchange(server, request: bytes) -> str:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):  # the server closes after an error it sends itself
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Content-Length: 3\r\n\r\n{}",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    ],
+    ids=["request_line", "content_length_not_a_number", "two_content_lengths", "header_line"],
+)
+def test_request_that_is_not_http_gets_a_json_400(server, client, request_bytes):
+    reply = raw_exchange(server, request_bytes)
+    head, _, body = reply.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400")
+    assert "content-type: application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == 400
+    assert client.post("/v1/completions", json=OK).status_code == 200
+
+
+def test_prompt_too_long_for_the_context_counts_as_invalid_not_error(client):
+    def counts():
+        text = client.get("/metrics").text
+        return tuple(
+            metric_value(text, "carpool_requests_total", endpoint="interactive", outcome=o)
+            for o in ("invalid", "error")
+        )
+
+    invalid, error = counts()
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 255})
+    assert r.status_code == 400
+    assert counts() == (invalid + 1, error)
+
+
+@pytest.fixture
+def worker_logs(caplog):
+    """Records of the worker's and uvicorn's loggers (uvicorn's do not reach the root logger)."""
+    caplog.set_level(logging.INFO, logger="carpool_worker")
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.addHandler(caplog.handler)
+    yield caplog
+    uvicorn_error.removeHandler(caplog.handler)
+
+
+def test_client_leaving_mid_body_is_one_log_line_and_counted(server, client, worker_logs):
+    def dropped():
+        text = client.get("/metrics").text
+        return metric_value(
+            text, "carpool_http_requests_dropped_total", reason="client_disconnected"
+        )
+
+    before = dropped()
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 99999999999\r\n\r\n{}"
+            b'Content-Length: 100\r\n\r\n{"prompt": '
         )
-        reply = sock.recv(65536).decode()
+    wait_for(lambda: dropped() == before + 1)
+    lines = [r for r in worker_logs.records if "before sending its whole body" in r.getMessage()]
+    assert len(lines) == 1
+    assert all(r.exc_info is None for r in worker_logs.records)
+
+
+def test_declared_oversize_body_is_refused_unread(server):
+    # A raw socket: HTTP clients refuse to send a Content-Length they cannot honour.
+    reply = raw_exchange(
+        server,
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 99999999999\r\n\r\n{}",
+    )
     assert reply.startswith("HTTP/1.1 413")
     assert '"code":413' in reply
 

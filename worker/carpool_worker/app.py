@@ -25,12 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from carpool_replica.scheduler import Rejected, StaleLimits
+from carpool_replica.scheduler import Request as EngineRequest
+
 from . import api
 from .api import ApiError, StopMatcher
 from .engine import DoneEvent, TokenEvent
 from .limits import LimitsError, parse_limits
-from carpool_replica.scheduler import Rejected, StaleLimits
-from carpool_replica.scheduler import Request as EngineRequest
 from .server import Worker
 from .tokenizer import IncrementalDecoder
 
@@ -51,7 +52,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise ApiError(413, f"the body is larger than {limit} bytes")
+        raise ApiError(413, f"the body is larger than {limit} bytes", **CLOSE)
     chunks, size = [], 0
     try:
         # One deadline for the whole body: a client trickling a byte at a time must not hold
@@ -60,13 +61,16 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"the body is larger than {limit} bytes")
+                    raise ApiError(413, f"the body is larger than {limit} bytes", **CLOSE)
                 chunks.append(chunk)
     except TimeoutError:
-        raise ApiError(
-            408, f"the body did not arrive within {timeout:g} s", Connection="close"
-        ) from None
+        raise ApiError(408, f"the body did not arrive within {timeout:g} s", **CLOSE) from None
     return b"".join(chunks)
+
+
+# Sent with an answer given before the whole body was read: what is left of it must not be
+# read as the next request.
+CLOSE = {"Connection": "close"}
 
 
 def allowed_methods(app: FastAPI, scope) -> set[str]:
