@@ -45,11 +45,13 @@ def error_response(status: int, message: str, param=None, headers=None) -> JSONR
     return JSONResponse(api.error_body(status, message, param), status, headers=headers)
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The whole body, or ApiError 413 past ``limit`` bytes and 408 past ``timeout`` seconds.
+async def read_body(request: Request, worker: Worker) -> bytes:
+    """The whole body, or ApiError 413 past ``max_body_bytes`` and 408 past
+    ``body_timeout_seconds`` (counted as a dropped request).
 
     Raises ClientDisconnect when the client goes away first.
     """
+    limit, timeout = worker.settings.max_body_bytes, worker.settings.body_timeout_seconds
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ApiError(413, f"the body is larger than {limit} bytes", **CLOSE)
@@ -64,6 +66,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                     raise ApiError(413, f"the body is larger than {limit} bytes", **CLOSE)
                 chunks.append(chunk)
     except TimeoutError:
+        worker.metrics.http_dropped.labels("body_timeout").inc()
         raise ApiError(408, f"the body did not arrive within {timeout:g} s", **CLOSE) from None
     return b"".join(chunks)
 
@@ -217,10 +220,9 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
     )
     async def put_limits(request: Request):
         check_admin(request)
-        s = worker.settings
         if not worker.ready:
             raise ApiError(503, "the model is loading", **{"Retry-After": "5"})
-        body = await read_body(request, s.max_body_bytes, s.body_timeout_seconds)
+        body = await read_body(request, worker)
         try:
             doc = parse_limits(api.parse_json(body))
         except LimitsError as exc:
@@ -248,12 +250,11 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
     async def completions(request: Request):
         if not worker.ready:
             raise ApiError(503, "the model is loading", **{"Retry-After": "5"})
-        s = worker.settings
         endpoint = request.headers.get(ENDPOINT_HEADER) or worker.engine.limits.default_endpoint
-        body = await read_body(request, s.max_body_bytes, s.body_timeout_seconds)
         try:
+            body = await read_body(request, worker)
             params = api.parse_completion(body, worker.codec, worker.max_context)
-        except ApiError:
+        except ApiError:  # 400, 408, 413: the client's doing
             count_invalid(endpoint)
             raise
         loop = asyncio.get_running_loop()
