@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import CausalBias
 
 from carpool_worker import torch_ops
 from carpool_worker.config import PRESETS
@@ -162,6 +161,8 @@ def test_prefill_hands_attention_the_cache_in_place_unrepeated_and_unmasked(
     """Keys and values reach SDPA as views of the slot's cache with the model's key/value head
     count (no copy, no repeated heads) and a causal flag or bias (no mask tensor), which is
     what keeps CUDA's SDPA on its flash kernel."""
+    from torch.nn.attention.bias import CausalBias  # imports Triton: not at collection
+
     calls = []
     real = F.scaled_dot_product_attention
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -40,6 +39,10 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     (from position 0) is plain ``is_causal``. ``enable_gqa`` lets the kernel map each query
     head to its key/value head instead of copying keys and values once per group.
     """
+    # Imported here: torch.nn.attention.bias imports Triton, which must not load before the
+    # kernel tests have chosen Triton's interpreter (and the CPU path does not need it).
+    from torch.nn.attention.bias import causal_lower_right
+
     n, heads, d = q.shape
     length, kv_heads = k.shape[0], k.shape[1]
     # (1, heads, seq, d) views of (seq, heads, d) rows: the layout the flash kernel reads.
