@@ -29,8 +29,8 @@ from .model import load_model
 from .profile_cli import device_name
 from .torch_ops import prefill_attention
 
-# The worker's prompt tokens per step on CUDA when --prefill-chunk-tokens is left at 0
-# (server.py); chunked prefill is timed at this size unless told otherwise.
+# server.default_prefill_chunk_tokens(cuda=True): the worker's prompt tokens per step on CUDA.
+# Written out, not imported: server.py brings the HTTP stack, which the GPU image lacks.
 ENGINE_CHUNK_TOKENS = 512
 
 
