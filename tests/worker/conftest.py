@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -109,3 +110,14 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if line.startswith(prefix + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Prints how many requests the fuzzer sent, by operation, so CI's log shows the count."""
+    fuzz = sys.modules.get("tests.worker.test_http_fuzz")
+    if fuzz is None or not fuzz.EXAMPLES_RUN:
+        return
+    runs = fuzz.EXAMPLES_RUN
+    terminalreporter.write_sep("-", f"schemathesis: {sum(runs.values())} requests sent")
+    for operation, count in sorted(runs.items()):
+        terminalreporter.write_line(f"{count:6d}  {operation}")

@@ -25,6 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from carpool_replica.limits import FIELDS as LIMIT_FIELDS
+from carpool_replica.limits import MAX_FIELD_VALUE
 from carpool_replica.scheduler import Rejected, StaleLimits
 from carpool_replica.scheduler import Request as EngineRequest
 
@@ -216,7 +218,7 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
     @app.put(
         "/admin/limits",
         responses=_error_docs(400, 401, 408, 409, 413, 503),
-        openapi_extra=admin | {"requestBody": _json_body({"type": "object"})},
+        openapi_extra=admin | {"requestBody": _json_body(LIMITS_SCHEMA)},
     )
     async def put_limits(request: Request):
         check_admin(request)
@@ -303,7 +305,34 @@ COMPLETION_DOC = {
     "description": "The completion; with stream=true, server-sent events ending in [DONE].",
     "content": {
         "application/json": {"schema": api.COMPLETION_SCHEMA},
-        "text/event-stream": {"schema": {"type": "string"}},
+        # One "data:" line per chunk (the JSON object above, less usage until the last), then
+        # "data: [DONE]"; or an error object when the engine fails the request mid-stream.
+        "text/event-stream": {},
+    },
+}
+
+
+_LIMIT = {"type": "integer", "minimum": 0, "maximum": MAX_FIELD_VALUE}
+_BATCH = _LIMIT | {"minimum": 1}
+LIMITS_SCHEMA = {
+    "description": "The limits document (docs/limits.md); defaultEndpoint must name an endpoint.",
+    "type": "object",
+    "required": ["version", "endpoints"],
+    "properties": {
+        "version": _LIMIT,
+        "defaultEndpoint": {"type": "string"},
+        "endpoints": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"minLength": 1, "maxLength": 253},
+            "additionalProperties": {
+                "type": "object",
+                "required": list(LIMIT_FIELDS),
+                "properties": {f: _LIMIT for f in LIMIT_FIELDS}
+                | {"maxBatchSize": _LIMIT | {"minimum": 1}},
+                "additionalProperties": False,
+            },
+        },
     },
 }
 
