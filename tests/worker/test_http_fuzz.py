@@ -28,7 +28,7 @@ from carpool_replica.limits import MAX_FIELD_VALUE
 from carpool_worker.app import create_app
 from carpool_worker.server import Worker, WorkerSettings
 
-from .conftest import ADMIN_TOKEN, LIMITS, RunningServer
+from .conftest import ADMIN_TOKEN, LIMITS, RunningServer, wait_for
 
 MAX_EXAMPLES = 60
 OK = {"prompt": "hi", "max_tokens": 4, "temperature": 0}
@@ -107,3 +107,6 @@ def test_fuzzed_request_gets_a_documented_status_and_never_a_5xx(fuzzed, label, 
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert httpx.put(fuzzed.url + "/admin/limits", json=restore, headers=auth).status_code == 200
     assert httpx.post(fuzzed.url + "/v1/completions", json=OK, timeout=30).status_code == 200
+    # Nothing is left holding a slot or waiting for one.
+    scheduler = fuzzed.worker.engine.scheduler
+    wait_for(lambda: not scheduler.running and not scheduler.has_waiting)
