@@ -3,6 +3,7 @@ alone, and every other request gets the tokens it gets when it runs alone."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -27,11 +28,13 @@ MAX_TOKENS = 12
 
 
 class PoisoningRunner:
-    """The real runner, except that any step holding the poisoned request raises."""
+    """The real runner, except that any step holding the poisoned request (by id, or by
+    prompt for requests made over HTTP) raises."""
 
-    def __init__(self, runner: ModelRunner):
+    def __init__(self, runner: ModelRunner, poisoned_prompt: list[int] | None = None):
         self.runner = runner
         self.poisoned_id: int | None = None
+        self.poisoned_prompt = poisoned_prompt
         self.failed_batch_sizes: list[int] = []
 
     num_slots = property(lambda self: self.runner.num_slots)
@@ -39,7 +42,7 @@ class PoisoningRunner:
 
     def execute(self, step):
         rows = [r for r, _, _ in step.prefill] + step.decode
-        if any(r.id == self.poisoned_id for r in rows):
+        if any(r.id == self.poisoned_id or r.prompt_ids == self.poisoned_prompt for r in rows):
             self.failed_batch_sizes.append(len(rows))
             raise RuntimeError("poisoned row")
         return self.runner.execute(step)
@@ -109,3 +112,27 @@ def test_top_p_that_rounds_to_zero_fails_no_request_and_samples_the_top_token(ru
     assert [done.reason for _, done in results] == ["length"] * BATCH
     # Only the most likely token survives such a top_p: the poisoned request is greedy too.
     assert [tokens for tokens, _ in results] == alone
+
+
+POISONED_PROMPT = [256, 7, 7, 7]
+
+
+def test_request_failing_in_the_engine_gets_a_500_that_says_why(server, client, monkeypatch):
+    engine = server.worker.engine
+    monkeypatch.setattr(engine, "runner", PoisoningRunner(engine.runner, POISONED_PROMPT))
+    r = client.post("/v1/completions", json={"prompt": POISONED_PROMPT, "max_tokens": 4})
+    assert r.status_code == 500
+    assert "poisoned row" in r.json()["error"]["message"]
+
+
+def test_stream_failing_in_the_engine_ends_with_an_error_event_that_says_why(
+    server, client, monkeypatch
+):
+    engine = server.worker.engine
+    monkeypatch.setattr(engine, "runner", PoisoningRunner(engine.runner, POISONED_PROMPT))
+    body = {"prompt": POISONED_PROMPT, "max_tokens": 4, "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-3])["choices"][0]["finish_reason"] == "error"
+    assert "poisoned row" in json.loads(events[-2])["error"]["message"]
