@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("carpool_worker.cli", "serve a model with per-endpoint continuous batching"),
     "profile": ("carpool_worker.profile_cli", "measure a model's step-time profile"),
     "sim": ("carpool_sim.cli", "replay a trace through carpool's policy and the baselines"),
+    "fidelity": ("carpool_bench.fidelity", "the simulator against a worker, on the same arrivals"),
     "demo": ("carpool_cluster.demo", "the closed loop on a local cluster, end to end"),
 }
 

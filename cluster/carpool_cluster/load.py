@@ -1,53 +1,27 @@
-"""Replay a request schedule against a pool's ready worker pods and record what clients saw.
+"""Load for a pool on the local cluster: arrival schedules and the pool's ready pods.
 
 Contract: ``schedule_from_trace(...)`` turns a slice of an Azure-format trace
-(``TIMESTAMP,ContextTokens,GeneratedTokens``) into arrivals scaled for a small model, with an
-optional burst; ``poisson(...)`` makes a steady stream. ``replay(schedule, directory, ...)``
-sends each arrival at its time (open loop: a slow pool does not slow the arrivals), streams
-the completion and records arrival, first-token and end times and the HTTP status, bounded by
-``deadline_seconds``. ``PodDirectory`` finds the ready pods through the API server (there is
-no kube-proxy locally, so the client balances: least outstanding requests first; a refused
-connection is retried once on another pod).
+(``TIMESTAMP,ContextTokens,GeneratedTokens``) into arrivals, with an optional burst;
+``poisson(...)`` makes a steady stream. ``PodDirectory`` finds the ready pods through the API
+server (there is no kube-proxy locally, so the client balances) for
+:func:`carpool_bench.replay.replay`, re-exported here with its ``Arrival`` and ``Outcome``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
-import dataclasses
 import datetime
 import itertools
 import random
 import threading
-import time
-from collections.abc import Iterable
 from pathlib import Path
 
-import httpx
 from kubernetes import client
 
+from carpool_bench.replay import Arrival, Outcome, replay
 
-@dataclasses.dataclass(frozen=True)
-class Arrival:
-    at_seconds: float
-    endpoint: str
-    prompt_tokens: int
-    max_tokens: int
-
-
-@dataclasses.dataclass
-class Outcome:
-    arrival: Arrival
-    sent_at: float
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    status: int = 0
-    pod: str = ""
-
-    @property
-    def ttft_seconds(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.sent_at
+__all__ = ["Arrival", "Outcome", "PodDirectory", "poisson", "replay", "schedule_from_trace"]
 
 
 def _parse_time(text: str) -> float:
@@ -182,94 +156,3 @@ class PodDirectory:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-
-
-def _prompt(length: int, rng: random.Random) -> list[int]:
-    return [rng.randrange(1, 250) for _ in range(length)]
-
-
-async def _send(
-    http: httpx.AsyncClient,
-    directory: PodDirectory,
-    outstanding: dict[str, int],
-    arrival: Arrival,
-    origin: float,
-    rng: random.Random,
-) -> Outcome:
-    outcome = Outcome(arrival, sent_at=time.monotonic() - origin)
-    body = {
-        "prompt": _prompt(arrival.prompt_tokens, rng),
-        "max_tokens": arrival.max_tokens,
-        "temperature": 0,
-        "stream": True,
-    }
-    tried: set[str] = set()
-    for _attempt in range(2):
-        candidates = {p: a for p, a in directory.addresses.items() if p not in tried}
-        if not candidates:
-            break
-        pod = min(candidates, key=lambda p: outstanding.get(p, 0))
-        tried.add(pod)
-        outstanding[pod] = outstanding.get(pod, 0) + 1
-        try:
-            async with http.stream(
-                "POST",
-                f"http://{candidates[pod]}/v1/completions",
-                json=body,
-                headers={"X-Carpool-Endpoint": arrival.endpoint},
-            ) as response:
-                outcome.status, outcome.pod = response.status_code, pod
-                async for line in response.aiter_lines():
-                    if line.startswith("data:") and outcome.first_token_at is None:
-                        outcome.first_token_at = time.monotonic() - origin
-                outcome.finished_at = time.monotonic() - origin
-                return outcome
-        except httpx.ConnectError:
-            continue  # the pod went away between refreshes: try another one
-        except httpx.HTTPError:
-            outcome.status = -1
-            return outcome
-        finally:
-            outstanding[pod] -= 1
-    outcome.status = -1
-    return outcome
-
-
-async def _replay(
-    schedule: Iterable[Arrival],
-    directory: PodDirectory,
-    deadline_seconds: float,
-    on_outcome,
-) -> list[Outcome]:
-    rng = random.Random(7)
-    outstanding: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
-    timeout = httpx.Timeout(deadline_seconds, connect=2.0)
-    origin = time.monotonic()
-    tasks = []
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
-        for arrival in schedule:
-            delay = arrival.at_seconds - (time.monotonic() - origin)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.monotonic() - origin > deadline_seconds:
-                break
-            task = asyncio.create_task(_send(http, directory, outstanding, arrival, origin, rng))
-            if on_outcome is not None:
-                task.add_done_callback(lambda t: t.cancelled() or on_outcome(t.result()))
-            tasks.append(task)
-        remaining = max(1.0, deadline_seconds - (time.monotonic() - origin))
-        done, pending = await asyncio.wait(tasks, timeout=remaining) if tasks else (set(), set())
-        for task in pending:
-            task.cancel()
-    return [t.result() for t in done]
-
-
-def replay(
-    schedule: Iterable[Arrival],
-    directory: PodDirectory,
-    deadline_seconds: float,
-    on_outcome=None,
-) -> list[Outcome]:
-    """Blocking: replay ``schedule`` and return the outcomes of requests that finished."""
-    return asyncio.run(_replay(schedule, directory, deadline_seconds, on_outcome))

@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from carpool_policy import EndpointLimits, EndpointObservation, Observation
-from carpool_sim.metrics import BUCKETS, EndpointSeries
+from carpool_replica.buckets import histogram_quantile
+from carpool_sim.metrics import EndpointSeries
 
 
 @dataclass
@@ -60,23 +59,6 @@ class Prometheus:
                 older = sample
                 break
         return None if older is None else (older, newest)
-
-
-def histogram_quantile(q: float, counts: np.ndarray) -> float | None:
-    total = float(counts.sum())
-    if total <= 0:
-        return None
-    rank = q * total
-    cumulative = np.cumsum(counts)
-    i = int(np.searchsorted(cumulative, rank, side="left"))
-    if i >= len(BUCKETS):
-        return BUCKETS[-1]
-    lower = 0.0 if i == 0 else BUCKETS[i - 1]
-    below = 0.0 if i == 0 else float(cumulative[i - 1])
-    inside = float(counts[i])
-    if inside <= 0:
-        return BUCKETS[i]
-    return lower + (BUCKETS[i] - lower) * (rank - below) / inside
 
 
 def endpoint_observation(

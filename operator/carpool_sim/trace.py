@@ -9,6 +9,9 @@ Contract:
 - `scale_rate(trace, x)` compresses the time axis by `x` (x > 1 is x times the load, over a
   run 1/x as long); `loop_to(trace, duration, period)` repeats a trace back to back until the
   run covers `duration` seconds, so a compressed hour can still be replayed for an hour.
+- `poisson_mix(trace, rate, duration, rng, max_prompt_tokens)` keeps a trace's token mix but not
+  its timing: Poisson arrivals at `rate`, each request's sizes drawn from the trace (prompts
+  capped), deterministic for the generator's state.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import csv
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+
+import numpy as np
 
 
 class TraceError(ValueError):
@@ -99,3 +104,23 @@ def trace_span_seconds(trace: list[Request]) -> float:
 def merge(traces: list[list[Request]]) -> list[Request]:
     """All endpoints' requests in one arrival order (stable: ties keep the traces' order)."""
     return sorted((r for t in traces for r in t), key=lambda r: r.arrival_seconds)
+
+
+def poisson_mix(
+    trace: list[Request],
+    rate: float,
+    duration_seconds: float,
+    rng: np.random.Generator,
+    max_prompt_tokens: int | None = None,
+) -> list[Request]:
+    """Poisson arrivals at `rate` per second for `duration_seconds`, sized like `trace`."""
+    if rate <= 0 or not trace:
+        raise TraceError(f"a token mix needs a non-empty trace and a rate > 0, got {rate}")
+    count = int(rng.poisson(rate * duration_seconds))
+    times = np.sort(rng.uniform(0.0, duration_seconds, count))
+    picks = rng.integers(0, len(trace), count)
+    cap = max_prompt_tokens or max(r.prompt_tokens for r in trace)
+    return [
+        replace(trace[i], arrival_seconds=float(t), prompt_tokens=min(cap, trace[i].prompt_tokens))
+        for t, i in zip(times, picks, strict=True)
+    ]

@@ -4,6 +4,9 @@ the operator's PromQL reads quantiles through them, so all three resolve a p95 a
 Contract: `LATENCY_BUCKETS` are upper bounds in seconds (+Inf implied), about 25% apart from
 1 ms to 60 s, so `histogram_quantile(0.95, ...)` resolves a p95 anywhere from 5 ms to 30 s to
 within a bucket's width of the truth. `geometric(start, stop, ratio)` builds such a ladder.
+`histogram_quantile(q, counts)` estimates a quantile from per-bucket counts (one per bound, then
++Inf) by linear interpolation inside the bucket, as Prometheus' histogram_quantile does, so the
+simulator and `carpool fidelity` read a histogram as the operator's PromQL does.
 """
 
 from __future__ import annotations
@@ -19,3 +22,20 @@ def geometric(start: float, stop: float, ratio: float) -> tuple[float, ...]:
 
 
 LATENCY_BUCKETS = geometric(0.001, 60.0, 1.25)
+
+
+def histogram_quantile(q: float, counts) -> float | None:
+    """The ``q`` quantile of observations counted per bucket of ``LATENCY_BUCKETS`` (+Inf last);
+    None with no observations."""
+    total = float(sum(counts))
+    if total <= 0:
+        return None
+    rank, cumulative = q * total, 0.0
+    for i, inside in enumerate(counts):
+        if cumulative + inside >= rank and inside > 0:
+            if i >= len(LATENCY_BUCKETS):
+                return LATENCY_BUCKETS[-1]
+            lower = 0.0 if i == 0 else LATENCY_BUCKETS[i - 1]
+            return lower + (LATENCY_BUCKETS[i] - lower) * (rank - cumulative) / inside
+        cumulative += inside
+    return LATENCY_BUCKETS[-1]

@@ -75,8 +75,8 @@ def test_engine_overhead_between_steps_is_absorbed_by_the_running_deadline():
 
 def test_tokens_depend_on_the_prompt_and_position_only():
     a, b = request(30, 4), request(30, 4)
-    assert emulated_token(a.prompt_ids, 3) == emulated_token(b.prompt_ids, 3)
-    assert emulated_token(a.prompt_ids, 3) != emulated_token(a.prompt_ids, 4)
+    assert emulated_token(a.prompt_ids, 3, VOCAB) == emulated_token(b.prompt_ids, 3, VOCAB)
+    assert emulated_token(a.prompt_ids, 3, VOCAB) != emulated_token(a.prompt_ids, 4, VOCAB)
 
 
 def test_a_request_through_the_engine_generates_exactly_max_tokens():
@@ -94,4 +94,6 @@ def test_a_request_through_the_engine_generates_exactly_max_tokens():
         engine.stop()
     assert [type(e) for e in got] == [TokenEvent] * 7 + [DoneEvent]
     assert got[-1].reason == "length"
-    assert [e.token_id for e in got[:7]] == [emulated_token(req.prompt_ids, i) for i in range(7)]
+    assert [e.token_id for e in got[:7]] == [
+        emulated_token(req.prompt_ids, i, VOCAB) for i in range(7)
+    ]

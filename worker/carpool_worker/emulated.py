@@ -6,8 +6,9 @@ Contract: ``EmulatedRunner(profile, vocab_size)`` has the runner interface the e
 (``num_slots``, ``max_seq_len``, ``warmup()``, ``execute(step) -> {request id: token}``), sized
 by the profile (its ``max_batch_size`` slots of ``max_seq_len`` tokens). ``execute`` blocks for
 ``carpool_replica.steptime.StepCost`` of the step, the same cost the simulator charges, and
-returns deterministic token ids (a function of the prompt and the position, never an EOS: an
-emulated request generates exactly its ``max_tokens``).
+returns deterministic token ids (a function of the prompt and the position). The worker gives
+an emulated engine no EOS ids, so an emulated request generates exactly its ``max_tokens``, as a
+simulated one does.
 
 The step ends at a deadline on a running clock (the previous step's end, or now if the engine
 was idle, plus the step's cost) rather than after a fresh sleep, so the engine's own per-step
@@ -23,22 +24,17 @@ from carpool_replica.profile import Profile
 from carpool_replica.scheduler import Step
 from carpool_replica.steptime import StepCost
 
-# Token ids start past the special ids every preset reserves, and stay inside any vocabulary.
-_FIRST_ID = 1000
-_ID_RANGE = 25_000
 
-
-def emulated_token(prompt_ids, position: int) -> int:
+def emulated_token(prompt_ids, position: int, vocab_size: int) -> int:
     """The token an emulated model emits at ``position`` of its output, for this prompt."""
     seed = (len(prompt_ids) * 131 + (prompt_ids[-1] if len(prompt_ids) else 0)) * 7919
-    return _FIRST_ID + (seed + position * 104_729) % _ID_RANGE
+    return (seed + position * 104_729) % vocab_size
 
 
 class EmulatedRunner:
     def __init__(self, profile: Profile, vocab_size: int, clock=time.monotonic, sleep=time.sleep):
-        if vocab_size < _FIRST_ID + _ID_RANGE:
-            raise ValueError(f"an emulated model needs a vocabulary of {_FIRST_ID + _ID_RANGE}")
         self.profile = profile
+        self.vocab_size = vocab_size
         self.cost = StepCost(profile)
         self.clock = clock
         self.sleep = sleep
@@ -62,5 +58,6 @@ class EmulatedRunner:
         if remaining > 0:
             self.sleep(remaining)
         return {
-            req.id: emulated_token(req.prompt_ids, len(req.output_ids)) for req in step.sampling
+            req.id: emulated_token(req.prompt_ids, len(req.output_ids), self.vocab_size)
+            for req in step.sampling
         }
