@@ -107,7 +107,9 @@ def _delete(path: str) -> Callable[[dict], None]:
 
 INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
     ("replicas min above max", _set("replicas", {"min": 5, "max": 2}),
-     ["replicas.min must not exceed replicas.max"]),
+     ["spec.replicas", "replicas.min must not exceed replicas.max"]),
+    ("replicas min above the default max", _set("replicas", {"min": 10}),
+     ["replicas.min must not exceed replicas.max (which is 8 when not set)"]),
     ("duplicate endpoint names",
      _set("endpoints", [_endpoint(name="chat"), _endpoint(name="chat")]),
      ["spec.endpoints[1]", "Duplicate value", "chat"]),
@@ -117,13 +119,24 @@ INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
      ["spec.endpoints[0].sla.ttftP95Milliseconds", "greater than or equal to 1"]),
     ("batch size bounds inverted",
      _set("endpoints.1.batching.maxBatchSize", {"min": 64, "max": 8}),
-     ["batching.maxBatchSize.min must not exceed batching.maxBatchSize.max"]),
+     ["spec.endpoints[1].batching.maxBatchSize",
+      "batching.maxBatchSize.min must not exceed batching.maxBatchSize.max"]),
+    ("batch size min above the default max",
+     _set("endpoints.1.batching.maxBatchSize", {"min": 32}),
+     ["batching.maxBatchSize.min must not exceed batching.maxBatchSize.max (which is 16 when not "
+      "set)"]),
     ("batch window bounds inverted",
      _set("endpoints.1.batching.batchWindowMilliseconds", {"min": 50, "max": 10}),
-     ["batching.batchWindowMilliseconds.min must not exceed batching.batchWindowMilliseconds.max"]),
+     ["batching.batchWindowMilliseconds.min must not exceed batching.batchWindowMilliseconds.max "
+      "(which is 5 when not set)"]),
     ("window longer than the sla it serves",
      _set("endpoints.0.batching.batchWindowMilliseconds", {"max": 500}),
-     ["endpoint inline-completion", "must be shorter than the SLA it serves"]),
+     ["spec.endpoints[0]", "endpoint inline-completion: batching.batchWindowMilliseconds.max",
+      "must be shorter than the SLA it serves, sla.ttftP95Milliseconds"]),
+    ("sla no longer than the default batch window",
+     _set("endpoints", [_endpoint(sla={"ttftP95Milliseconds": 5})]),
+     ["endpoint e: batching.batchWindowMilliseconds.max (5 ms when not set) must be shorter than "
+      "the SLA it serves"]),
     ("window equal to the sla", _set("endpoints.0.batching.batchWindowMilliseconds", {"max": 300}),
      ["must be shorter than the SLA it serves"]),
     ("unknown field", _set("worker.imagee", "typo"), ['unknown field "spec.worker.imagee"']),
@@ -144,7 +157,11 @@ INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
     ("manual mode without manual replicas", _set("scaling.mode", "Manual"),
      ["scaling.mode Manual needs scaling.manualReplicas"]),
     ("manual replicas above max", _set("scaling", {"mode": "Manual", "manualReplicas": 9}),
-     ["scaling.manualReplicas must not exceed replicas.max"]),
+     ["spec.scaling.manualReplicas", "scaling.manualReplicas must not exceed replicas.max"]),
+    ("manual replicas above the default max",
+     lambda spec: (spec.pop("replicas"), spec.update(scaling={"mode": "Manual",
+                                                             "manualReplicas": 9})),
+     ["scaling.manualReplicas must not exceed replicas.max (which is 8 when not set)"]),
     ("model with preset and path", _set("model", {"preset": "tiny", "path": "/models/x"}),
      ["set exactly one of model.preset (tiny, bench-1b, bench-8b) or model.path"]),
     ("model with neither preset nor path", _set("model", {}),
@@ -161,6 +178,38 @@ INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
     ("privileged worker port", _set("worker.port", 80),
      ["spec.worker.port", "greater than or equal to 1024"]),
     ("worker without an image", _delete("worker.image"), ["spec.worker.image", "Required value"]),
+    ("blank image", _set("worker.image", " "),
+     ["worker.image must be an image reference without spaces"]),
+    ("image with a trailing space", _set("worker.image", "example/worker:0.1.0 "),
+     ["worker.image must be an image reference without spaces"]),
+    ("blank env name", _set("worker.env", [{"name": " ", "value": "1"}]),
+     ["worker.env:", "is not a variable name"]),
+    ("env with value and valueFrom",
+     _set("worker.env", [{"name": "TOKEN", "value": "x",
+                          "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
+     ["worker.env: TOKEN sets both value and valueFrom"]),
+    ("blank pull secret name", _set("worker.imagePullSecrets", [{"name": " "}]),
+     ["worker.imagePullSecrets[].name must be a Secret name"]),
+    ("toleration without a key or exists", _set("worker.tolerations", [{"effect": "NoSchedule"}]),
+     ["a toleration without a key must set operator: Exists"]),
+    ("toleration exists with a value",
+     _set("worker.tolerations", [{"key": "gpu", "operator": "Exists", "value": "yes"}]),
+     ["operator Exists matches any value, so value must be empty"]),
+    ("toleration seconds without noexecute",
+     _set("worker.tolerations", [{"key": "gpu", "tolerationSeconds": 30}]),
+     ["tolerationSeconds applies only to effect: NoExecute"]),
+    ("toleration key not a label key", _set("worker.tolerations", [{"key": "a b", "value": "x"}]),
+     ["worker.tolerations: key a b is not a label key"]),
+    ("toleration value not a label value",
+     _set("worker.tolerations", [{"key": "gpu", "value": "a b"}]),
+     ["worker.tolerations: value a b is not a label value"]),
+    ("node selector key not a label key", _set("worker.nodeSelector", {"gpu type": "h100"}),
+     ["spec.worker.nodeSelector", "worker.nodeSelector: every key must be a label key"]),
+    ("node selector value not a label value", _set("worker.nodeSelector", {"gpu": "h100!"}),
+     ["worker.nodeSelector: h100! is not a label value"]),
+    ("model volume over the worker's own mount",
+     _set("model", {"path": "/tmp", "volume": {"emptyDir": {}}}),
+     ["model.path /tmp is where the worker already mounts its own volume"]),
     ("env overriding POD_IP", _set("worker.env", [{"name": "POD_IP", "value": "0.0.0.0"}]),
      ["POD_IP is set by the operator"]),
     ("prometheus url without a scheme", _set("prometheus", {"url": "prometheus:9090"}),
@@ -175,6 +224,43 @@ INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
      ["spec.endpoints[0].queue.maxLength", "greater than or equal to 1"]),
     ("replicas min of zero", _set("replicas", {"min": 0, "max": 2}),
      ["spec.replicas.min", "greater than or equal to 1"]),
+    ("memory in gigabytes written as GB", _set("worker.resources", {"limits": {"memory": "24GB"}}),
+     ["spec.worker.resources.limits[memory]",
+      "24GB is not a Kubernetes quantity: write a number with an optional suffix",
+      "24Gi (binary: Ki, Mi, Gi, Ti, Pi, Ei) or 24G (decimal: k, M, G, T, P, E)"]),
+    ("gpu count as a word", _set("worker.resources", {"limits": {"nvidia.com/gpu": "one"}}),
+     ["one is not a Kubernetes quantity"]),
+    ("negative cpu", _set("worker.resources", {"requests": {"cpu": "-1"}}),
+     ["spec.worker.resources.requests[cpu]", "must not be negative"]),
+    ("half a gpu", _set("worker.resources", {"limits": {"nvidia.com/gpu": "500m"}}),
+     ["spec.worker.resources.limits",
+      "an extended resource such as nvidia.com/gpu is not divisible: give it a whole number"]),
+    ("resource name without a domain", _set("worker.resources", {"limits": {"gpu": 1}}),
+     ["worker.resources.limits: every resource must be cpu, memory, ephemeral-storage, "
+      "hugepages-<size>, or an extended resource with its domain, such as nvidia.com/gpu"]),
+    ("cpu request above its limit",
+     _set("worker.resources", {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
+     ["worker.resources: a request must not exceed the limit of the same resource"]),
+    ("gpu request without a limit", _set("worker.resources", {"requests": {"nvidia.com/gpu": 1}}),
+     ["worker.resources: an extended resource such as nvidia.com/gpu cannot be overcommitted, so "
+      "a request for it needs a limit of the same value"]),
+    ("gpu request below its limit",
+     _set("worker.resources", {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}),
+     ["a request for it needs a limit of the same value"]),
+    ("negative memory limit", _set("worker.resources", {"limits": {"memory": "-1Gi"}}),
+     ["spec.worker.resources.limits[memory]", "must not be negative"]),
+    ("memory request written as GB", _set("worker.resources", {"requests": {"memory": "24GB"}}),
+     ["spec.worker.resources.requests[memory]", "24GB is not a Kubernetes quantity"]),
+    ("request for a resource without a domain", _set("worker.resources", {"requests": {"gpus": 1}}),
+     ["worker.resources.requests: every resource must be cpu, memory"]),
+    ("half a gpu requested",
+     _set("worker.resources", {"requests": {"nvidia.com/gpu": "0.5"},
+                               "limits": {"nvidia.com/gpu": 1}}),
+     ["worker.resources.requests: an extended resource such as nvidia.com/gpu is not divisible"]),
+    # JSON has no quantity type: a bare fraction is a number, and the quantity schema takes
+    # integers and strings (as core types do in CRDs). "0.5" and 500m are accepted.
+    ("fraction of a cpu as a bare number", _set("worker.resources", {"limits": {"cpu": 0.5}}),
+     ["spec.worker.resources.limits.cpu", "must be of type integer,string"]),
 ]  # fmt: skip
 
 
@@ -193,6 +279,27 @@ def test_invalid_pool_is_refused_with_a_message_naming_the_problem(
 def test_pool_name_that_cannot_name_its_objects_is_refused(custom, pools_namespace, name):
     message = _refusal(custom, pools_namespace, _spec(lambda spec: None, name=name))
     assert "metadata.name must be a DNS-1035 label of at most 50 characters" in message
+
+
+VALID_QUANTITIES = [
+    {"limits": {"cpu": "500m"}},
+    {"limits": {"cpu": "0.5"}},
+    {"limits": {"cpu": 2}},
+    {"requests": {"memory": "20G"}, "limits": {"memory": "24Gi"}},
+    {"requests": {"ephemeral-storage": "1e9"}},
+    {"limits": {"nvidia.com/gpu": 1}},
+    {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": 2}},
+    {"limits": {"hugepages-2Mi": "1Gi", "memory": "2Gi"}},
+]
+
+
+@pytest.mark.parametrize("resources", VALID_QUANTITIES, ids=[str(r) for r in VALID_QUANTITIES])
+def test_kubernetes_quantities_are_accepted(custom, pools_namespace, resources):
+    body = _spec(_set("worker.resources", resources), name="quantities")
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, pools_namespace, PLURAL, body, field_validation="Strict", dry_run="All"
+    )
+    assert created["spec"]["worker"]["resources"] == resources
 
 
 def test_valid_pool_is_accepted_with_defaults_filled_in(custom, pools_namespace):
