@@ -261,7 +261,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         if args.url:
-            wait_ready(args.url, timeout=10.0)
+            wait_ready(args.url)  # a GPU worker can take minutes to load and capture
             run(args, args.url, profile, trace)
         else:
             with emulated_worker(args.profile, profile) as url:

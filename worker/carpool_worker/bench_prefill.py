@@ -23,15 +23,14 @@ import time
 
 import torch
 
-from .config import resolve_model_config
+from .config import default_prefill_chunk_tokens, resolve_model_config
 from .kv_cache import KVCache
 from .model import load_model
 from .profile_cli import device_name
 from .torch_ops import prefill_attention
 
-# server.default_prefill_chunk_tokens(cuda=True): the worker's prompt tokens per step on CUDA.
-# Written out, not imported: server.py brings the HTTP stack, which the GPU image lacks.
-ENGINE_CHUNK_TOKENS = 512
+# The worker's prompt tokens per step on CUDA.
+ENGINE_CHUNK_TOKENS = default_prefill_chunk_tokens(cuda=True)
 
 
 class Clock:

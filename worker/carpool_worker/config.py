@@ -111,6 +111,12 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+def default_prefill_chunk_tokens(cuda: bool) -> int:
+    """Prompt tokens per engine step when not set: the one default of the worker, `carpool
+    profile` and the prefill benchmark (a profile records the chunk it was measured with)."""
+    return 512 if cuda else 64
+
+
 class ModelSpecError(ValueError):
     """The --model argument names neither a preset nor a usable checkpoint directory."""
 

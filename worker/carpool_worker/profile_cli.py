@@ -111,7 +111,7 @@ def measure(args, runner, log) -> dict:
                 {"batch_size": batch, "context_tokens": context, "step_seconds": round(seconds, 6)}
             )
             log.info("decode batch=%d context=%d %.3f ms", batch, context, seconds * 1e3)
-    from .server import default_prefill_chunk_tokens
+    from .config import default_prefill_chunk_tokens
 
     chunk_tokens = args.prefill_chunk_tokens or default_prefill_chunk_tokens(
         runner.device.type == "cuda"

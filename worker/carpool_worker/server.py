@@ -30,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from carpool_replica.scheduler import StaleLimits
 
 from .api import error_body
-from .config import resolve_model_config
+from .config import default_prefill_chunk_tokens, resolve_model_config
 from .limits import LimitsDocument, LimitsFileWatcher, default_limits, read_limits_file
 from .metrics import WorkerMetrics
 
@@ -45,12 +45,6 @@ def read_profile(path: Path):
         return Profile.from_dict(json.loads(Path(path).read_text()))
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{path}: not JSON: {exc}") from exc
-
-
-def default_prefill_chunk_tokens(cuda: bool) -> int:
-    """Prompt tokens per engine step when not set: the one default the worker and
-    `carpool profile` share (a profile records the chunk it was measured with)."""
-    return 512 if cuda else 64
 
 
 @dataclass
