@@ -3,11 +3,13 @@
 Contract: ``parse_completion(body, codec, max_context)`` returns :class:`CompletionParams` or
 raises :class:`ApiError` (status 400 or 413) with a message for the client: a field this worker
 does not know, or an OpenAI field it does not honour set to anything but its neutral value, is
-refused by name. ``error_body`` is the JSON shape of every error the worker returns;
-``completion_request_schema``, ``COMPLETION_SCHEMA`` and ``ERROR_SCHEMA`` describe the same
-shapes for the OpenAPI document (schemathesis checks the two against each other).
-``StopMatcher`` cuts generated text at the first stop string, holding back just enough text to
-never stream half of one.
+refused by name. The helpers the chat API shares (``check_fields``, ``parse_generation``) live
+here too, so both routes refuse the same things with the same words. ``error_body`` is the JSON
+shape of every error the worker returns; ``completion_request_schema``, ``COMPLETION_SCHEMA``
+and ``ERROR_SCHEMA`` describe the same shapes for the OpenAPI document (schemathesis checks the
+two against each other). ``TEXT_COMPLETION`` shapes a text completion's responses and stream
+chunks. ``StopMatcher`` cuts generated text at the first stop string, holding back just enough
+text to never stream half of one.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .sampling import MIN_TEMPERATURE, MIN_TOP_P
-from .tokenizer import TextCodec
+
+if TYPE_CHECKING:  # the tokenizer imports the chat template, which imports this module
+    from .tokenizer import TextCodec
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
@@ -27,7 +31,18 @@ DEFAULT_MAX_TOKENS = 16
 
 # The fields honoured here, with their JSON Schema. "model" and "user" are accepted and not
 # used: one worker serves one model, and the endpoint comes from the X-Carpool-Endpoint header.
-HONOURED = ("prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "n", "model", "user")
+HONOURED = (
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "model",
+    "user",
+)
 # OpenAI fields not honoured: accepted only at the value that changes nothing, which clients
 # often send explicitly; any other value is refused rather than silently ignored.
 NEUTRAL = {
@@ -39,7 +54,6 @@ NEUTRAL = {
     "frequency_penalty": (None, 0),
     "logit_bias": (None, {}),
     "seed": (None,),
-    "stream_options": (None,),
 }
 
 
@@ -83,6 +97,7 @@ class CompletionParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
 def _reject_constant(name: str) -> float:
@@ -146,15 +161,16 @@ def _prompt_ids(prompt: Any, codec: TextCodec) -> list[int]:
     raise ApiError(400, "prompt must be a non-empty string or list of token ids", "prompt")
 
 
-def _check_fields(obj: dict) -> None:
+def check_fields(obj: dict, honoured: tuple[str, ...], neutral_values: dict) -> None:
+    """Refuses, by name, an unknown field and a not-honoured one at a value that would matter."""
     for name, value in obj.items():
         if name in ("model", "user"):
             if value is not None and not isinstance(value, str):
                 raise ApiError(400, f"{name} must be a string", name)
             continue
-        if name in HONOURED:
+        if name in honoured:
             continue
-        neutral = NEUTRAL.get(name)
+        neutral = neutral_values.get(name)
         if neutral is None:
             raise ApiError(400, f"unknown field {name!r}", name)
         # bool is an int in Python: echo=true must not pass as best_of=1, nor 0 as false.
@@ -179,40 +195,73 @@ def _sampling(obj: dict) -> tuple[float, float]:
     return temperature, top_p
 
 
-def parse_completion(body: bytes, codec: TextCodec, max_context: int) -> CompletionParams:
+def parse_object(body: bytes) -> dict:
     obj = parse_json(body)
     if not isinstance(obj, dict):
         raise ApiError(400, "the body must be a JSON object")
-    _check_fields(obj)
+    return obj
+
+
+def parse_completion(body: bytes, codec: TextCodec, max_context: int) -> CompletionParams:
+    obj = parse_object(body)
+    check_fields(obj, HONOURED, NEUTRAL)
     if "prompt" not in obj:
         raise ApiError(400, "prompt is required", "prompt")
     prompt_ids = _prompt_ids(obj["prompt"], codec)
+    check_prompt_fits(prompt_ids, max_context, "prompt")
+    return parse_generation(obj, prompt_ids, max_context, DEFAULT_MAX_TOKENS)
+
+
+def check_prompt_fits(prompt_ids: list[int], max_context: int, name: str) -> None:
     if len(prompt_ids) >= max_context:
         raise ApiError(
-            400,
-            f"prompt is {len(prompt_ids)} tokens; the context holds {max_context}",
-            "prompt",
+            400, f"{name} is {len(prompt_ids)} tokens; the context holds {max_context}", name
         )
-    max_tokens = obj.get("max_tokens")
-    if max_tokens is None:  # absent or null: OpenAI's "the default"
-        max_tokens = DEFAULT_MAX_TOKENS
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise ApiError(400, "max_tokens must be an integer", "max_tokens")
-    if not 1 <= max_tokens <= max_context:
-        raise ApiError(400, f"max_tokens must be in [1, {max_context}]", "max_tokens")
-    # null is OpenAI's "the default" for every optional field.
-    n = obj.get("n")
-    if n is not None and (n != 1 or isinstance(n, bool)):
-        raise ApiError(400, "n must be 1: one completion per request", "n")
+
+
+def parse_max_tokens(obj: dict, name: str, max_context: int, default: int) -> int:
+    value = obj.get(name)
+    if value is None:  # absent or null: OpenAI's "the default"
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{name} must be an integer", name)
+    if not 1 <= value <= max_context:
+        raise ApiError(400, f"{name} must be in [1, {max_context}]", name)
+    return value
+
+
+def _stream(obj: dict) -> tuple[bool, bool]:
+    """(stream, include_usage)."""
     stream = obj.get("stream")
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", "stream")
+    options = obj.get("stream_options")
+    if options is None:
+        return stream, False
+    if not stream:
+        raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
+    if not isinstance(options, dict):
+        raise ApiError(400, "stream_options must be an object", "stream_options")
+    for key in options:
+        if key != "include_usage":
+            raise ApiError(
+                400,
+                f"stream_options.{key} is not supported (only include_usage is)",
+                "stream_options",
+            )
+    include = options.get("include_usage")
+    if include is not None and not isinstance(include, bool):
+        raise ApiError(400, "stream_options.include_usage must be true or false", "stream_options")
+    return stream, bool(include)
+
+
+def _stop(obj: dict) -> list[str]:
     stop = obj.get("stop")
     if stop is None:
-        stop = []
-    elif isinstance(stop, str):
+        return []
+    if isinstance(stop, str):
         stop = [stop]
     if (
         not isinstance(stop, list)
@@ -225,6 +274,20 @@ def parse_completion(body: bytes, codec: TextCodec, max_context: int) -> Complet
             f"of at most {MAX_STOP_CHARS} characters",
             "stop",
         )
+    return stop
+
+
+def parse_generation(
+    obj: dict, prompt_ids: list[int], max_context: int, default_max_tokens: int, name="max_tokens"
+) -> CompletionParams:
+    """The fields every generating route shares, read from a checked request object."""
+    max_tokens = parse_max_tokens(obj, name, max_context, default_max_tokens)
+    # null is OpenAI's "the default" for every optional field.
+    n = obj.get("n")
+    if n is not None and (n != 1 or isinstance(n, bool)):
+        raise ApiError(400, "n must be 1: one completion per request", "n")
+    stream, include_usage = _stream(obj)
+    stop = _stop(obj)
     temperature, top_p = _sampling(obj)
     return CompletionParams(
         prompt_ids=prompt_ids,
@@ -233,6 +296,7 @@ def parse_completion(body: bytes, codec: TextCodec, max_context: int) -> Complet
         top_p=top_p,
         stop=stop,
         stream=stream,
+        include_usage=include_usage,
     )
 
 
@@ -244,7 +308,8 @@ def completion_request_schema(max_context: int, vocab_size: int) -> dict[str, An
     """The JSON Schema of a completion request, for the OpenAPI document.
 
     What a schema cannot say is checked in ``parse_completion`` alone: a prompt plus max_tokens
-    must fit the context, and a prompt string must not hold a lone surrogate.
+    must fit the context, a prompt string must not hold a lone surrogate, and stream_options
+    needs stream: true.
     """
     text = {"type": "string", "minLength": 1}
     token_ids = {
@@ -252,24 +317,35 @@ def completion_request_schema(max_context: int, vocab_size: int) -> dict[str, An
         "minItems": 1,
         "items": {"type": "integer", "minimum": 0, "maximum": vocab_size - 1},
     }
+    prompt = {
+        "description": "One prompt: a string, token ids, or a list holding one of those.",
+        "anyOf": [
+            text,
+            token_ids,
+            {"type": "array", "minItems": 1, "maxItems": 1, "items": {"anyOf": [text, token_ids]}},
+        ],
+    }
+    properties = {"prompt": prompt} | generation_properties(
+        max_context, DEFAULT_MAX_TOKENS, NEUTRAL
+    )
+    return {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def generation_properties(
+    max_context: int, default_max_tokens: int | None, neutral_values: dict
+) -> dict[str, Any]:
+    """The JSON Schema of the fields ``parse_generation`` reads, and of the neutral-only ones."""
     stop_string = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
+    max_tokens = {"type": "integer", "minimum": 1, "maximum": max_context}
+    if default_max_tokens is not None:
+        max_tokens["default"] = default_max_tokens
     properties: dict[str, Any] = {
-        "prompt": {
-            "description": "One prompt: a string, token ids, or a list holding one of those.",
-            "anyOf": [
-                text,
-                token_ids,
-                {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": 1,
-                    "items": {"anyOf": [text, token_ids]},
-                },
-            ],
-        },
-        "max_tokens": _nullable(
-            {"type": "integer", "minimum": 1, "maximum": max_context, "default": DEFAULT_MAX_TOKENS}
-        ),
+        "max_tokens": _nullable(max_tokens),
         "temperature": _nullable(
             {
                 "anyOf": [
@@ -289,19 +365,33 @@ def completion_request_schema(max_context: int, vocab_size: int) -> dict[str, An
             }
         ),
         "stream": _nullable({"type": "boolean", "default": False}),
+        "stream_options": _nullable(
+            {
+                "type": "object",
+                "description": "Only with stream: true. include_usage adds a last chunk with "
+                "the usage (and empty choices).",
+                "properties": {"include_usage": _nullable({"type": "boolean"})},
+                "additionalProperties": False,
+            }
+        ),
         "n": _nullable({"type": "integer", "enum": [1]}),
         "model": _nullable({"type": "string", "description": "Accepted and not used."}),
         "user": _nullable({"type": "string", "description": "Accepted and not used."}),
     }
-    for name, values in NEUTRAL.items():
+    for name, values in neutral_values.items():
         properties[name] = {"enum": list(values), "description": "Not supported: neutral only."}
-    return {
-        "type": "object",
-        "required": ["prompt"],
-        "properties": properties,
-        "additionalProperties": False,
-    }
+    return properties
 
+
+USAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {
+        "prompt_tokens": {"type": "integer", "minimum": 1},
+        "completion_tokens": {"type": "integer", "minimum": 0},
+        "total_tokens": {"type": "integer", "minimum": 1},
+    },
+}
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -343,17 +433,26 @@ COMPLETION_SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "usage": {
-            "type": "object",
-            "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-            "properties": {
-                "prompt_tokens": {"type": "integer", "minimum": 1},
-                "completion_tokens": {"type": "integer", "minimum": 0},
-                "total_tokens": {"type": "integer", "minimum": 1},
-            },
-        },
+        "usage": USAGE_SCHEMA,
     },
 }
+
+
+class Shape:
+    """How one kind of completion looks on the wire: the whole response and its stream chunks."""
+
+    object = "text_completion"
+    chunk_object = "text_completion"
+    id_prefix = "cmpl"
+
+    def choice(self, text: str, finish_reason: str | None, first: bool) -> dict[str, Any]:
+        return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+
+    def whole_choice(self, text: str, finish_reason: str) -> dict[str, Any]:
+        return self.choice(text, finish_reason, first=True)
+
+
+TEXT_COMPLETION = Shape()
 
 
 class StopMatcher:

@@ -1,6 +1,8 @@
-"""The worker's HTTP routes (FastAPI): completions, admin limits, health, metrics. Routes only.
+"""The worker's HTTP routes (FastAPI): completions, chat, models, admin limits, health, metrics.
 
-Contract: ``create_app(worker)`` serves a :class:`~carpool_worker.server.Worker`. Every error is
+Contract: ``create_app(worker)`` serves a :class:`~carpool_worker.server.Worker`: the OpenAI
+routes ``/v1/completions``, ``/v1/chat/completions`` (both routed to an endpoint by the
+``X-Carpool-Endpoint`` header) and ``/v1/models``, and the worker's own. Every error is
 JSON (``api.error_body``) with a 4xx status that names the problem; 429s carry Retry-After, 405s
 carry Allow. The OpenAPI document (``/openapi.json``) lists every status a route answers and the
 shapes of the bodies. A client that goes away (mid-stream or while waiting) cancels its request,
@@ -30,8 +32,8 @@ from carpool_replica.limits import MAX_FIELD_VALUE
 from carpool_replica.scheduler import Rejected, StaleLimits
 from carpool_replica.scheduler import Request as EngineRequest
 
-from . import api
-from .api import ApiError, StopMatcher
+from . import api, chat
+from .api import ApiError, Shape, StopMatcher
 from .engine import DoneEvent, TokenEvent
 from .limits import LimitsError, parse_limits
 from .server import Worker
@@ -123,6 +125,7 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
         worker.close()
 
     app = FastAPI(title="carpool worker", lifespan=lifespan, docs_url=None, redoc_url=None)
+    created = int(time.time())  # the model object's "created": when this worker began serving
 
     base_openapi = app.openapi
 
@@ -239,6 +242,19 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
         if endpoint in worker.engine.limits.endpoints:
             worker.metrics.requests.labels(endpoint, "invalid").inc()
 
+    @app.get("/v1/models", responses={200: {"content": {"application/json": {"schema": MODELS}}}})
+    async def models():
+        return {"object": "list", "data": [model_card(worker, created)]}
+
+    @app.get(
+        "/v1/models/{model}",
+        responses={200: {"content": {"application/json": {"schema": MODEL}}}} | _error_docs(404),
+    )
+    async def model(model: str):
+        if model != worker.config.name:
+            raise ApiError(404, f"no model {model!r}: this worker serves {worker.config.name!r}")
+        return model_card(worker, created)
+
     @app.post(
         "/v1/completions",
         responses={200: COMPLETION_DOC} | _error_docs(400, 404, 408, 413, 429, 500, 503),
@@ -250,12 +266,27 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
         },
     )
     async def completions(request: Request):
+        return await generate(request, api.parse_completion, api.TEXT_COMPLETION)
+
+    @app.post(
+        "/v1/chat/completions",
+        responses={200: CHAT_DOC} | _error_docs(400, 404, 408, 413, 429, 500, 503),
+        openapi_extra={
+            "parameters": [ENDPOINT_PARAMETER],
+            "requestBody": _json_body(chat.chat_request_schema(worker.max_context)),
+        },
+    )
+    async def chat_completions(request: Request):
+        return await generate(request, chat.parse_chat, chat.CHAT_COMPLETION)
+
+    async def generate(request: Request, parse, shape: Shape):
+        """One generating request, parsed by ``parse``, answered in ``shape``."""
         if not worker.ready:
             raise ApiError(503, "the model is loading", **{"Retry-After": "5"})
         endpoint = request.headers.get(ENDPOINT_HEADER) or worker.engine.limits.default_endpoint
         try:
             body = await read_body(request, worker)
-            params = api.parse_completion(body, worker.codec, worker.max_context)
+            params = parse(body, worker.codec, worker.max_context)
         except ApiError:  # 400, 408, 413: the client's doing
             count_invalid(endpoint)
             raise
@@ -275,7 +306,7 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
         except Rejected as exc:
             retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
             raise ApiError(exc.status, exc.message, **retry) from exc
-        completion = Completion(worker, req, params, events)
+        completion = Completion(worker, req, params, events, shape)
         first = await completion.next_event(request)
         if first is None:
             return Response(status_code=499)  # nobody is listening any more
@@ -293,6 +324,45 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
 
 _NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+
+def model_card(worker: Worker, created: int) -> dict:
+    """The served model as OpenAI's model object, with what this worker adds."""
+    card = {
+        "id": worker.config.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "carpool",
+        "max_model_len": worker.max_context,
+    }
+    if worker.profile is not None:  # say so wherever an emulated GPU shows
+        card["emulated"] = f"{worker.profile.model} on {worker.profile.device}"
+    return card
+
+
+MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by", "max_model_len"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"enum": ["model"]},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+        "max_model_len": {"type": "integer", "description": "Prompt plus output tokens."},
+        "emulated": {
+            "type": "string",
+            "description": "Present when no model runs: the GPU is emulated from this profile.",
+        },
+    },
+}
+MODELS = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"enum": ["list"]},
+        "data": {"type": "array", "minItems": 1, "maxItems": 1, "items": MODEL},
+    },
+}
+
 ENDPOINT_PARAMETER = {
     "name": "X-Carpool-Endpoint",
     "in": "header",
@@ -307,6 +377,16 @@ COMPLETION_DOC = {
         "application/json": {"schema": api.COMPLETION_SCHEMA},
         # One "data:" line per chunk (the JSON object above, less usage until the last), then
         # "data: [DONE]"; or an error object when the engine fails the request mid-stream.
+        "text/event-stream": {},
+    },
+}
+
+CHAT_DOC = {
+    "description": "The chat completion; with stream=true, server-sent events ending in [DONE].",
+    "content": {
+        "application/json": {"schema": chat.CHAT_COMPLETION_SCHEMA},
+        # One "data:" line per chat.completion.chunk (a delta; the first says role "assistant"),
+        # a usage chunk with empty choices when stream_options.include_usage, then "data: [DONE]".
         "text/event-stream": {},
     },
 }
@@ -344,9 +424,12 @@ def _json_body(schema: dict) -> dict:
 class Completion:
     """One request's events turned into OpenAI-shaped output."""
 
-    def __init__(self, worker: Worker, req: EngineRequest, params, events: asyncio.Queue):
+    def __init__(
+        self, worker: Worker, req: EngineRequest, params, events: asyncio.Queue, shape: Shape
+    ):
         self.worker, self.req, self.params, self.events = worker, req, params, events
-        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        self.shape = shape
+        self.id = f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.decoder = IncrementalDecoder(worker.codec)
         self.stops = StopMatcher(params.stop)
@@ -383,16 +466,22 @@ class Completion:
         self.error = event.error
         return self.stops.flush(), event.reason
 
-    def chunk(self, text: str, finish_reason: str | None) -> dict:
+    def envelope(self, object_: str, choices: list[dict]) -> dict:
         return {
             "id": self.id,
-            "object": "text_completion",
+            "object": object_,
             "created": self.created,
             "model": self.worker.config.name,
-            "choices": [
-                {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-            ],
+            "choices": choices,
         }
+
+    def chunk(self, text: str, finish_reason: str | None, first: bool) -> dict:
+        chunk = self.envelope(
+            self.shape.chunk_object, [self.shape.choice(text, finish_reason, first)]
+        )
+        if self.params.include_usage:  # OpenAI: null on every chunk but the usage one
+            chunk["usage"] = None
+        return chunk
 
     def usage(self) -> dict:
         prompt = len(self.req.prompt_ids)
@@ -415,21 +504,20 @@ class Completion:
         if finish not in ("stop", "length"):
             why = f": {self.error}" if self.error else ""
             return error_response(500, f"the request ended early ({finish}){why}")
-        body = self.chunk("".join(parts), finish)
+        body = self.envelope(self.shape.object, [self.shape.whole_choice("".join(parts), finish)])
         body["usage"] = self.usage()
         return body
 
     async def sse(self, first):
         import json
 
-        event = first
+        event, first_chunk = first, True
         try:
             while True:
                 text, finish = self.text_of(event)
                 if text or finish is not None:
-                    chunk = self.chunk(text, finish)
-                    if finish is not None:
-                        chunk["usage"] = self.usage()
+                    chunk = self.chunk(text, finish, first_chunk)
+                    first_chunk = False
                     yield f"data: {json.dumps(chunk)}\n\n"
                 if finish == "error":
                     # The status line is long gone: the stream says why in OpenAI's error shape.
@@ -438,6 +526,9 @@ class Completion:
                 if finish is not None:
                     break
                 event = await self.next_event(None)
+            if self.params.include_usage:
+                usage = self.envelope(self.shape.chunk_object, []) | {"usage": self.usage()}
+                yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             # Reached on normal end, on a client disconnect (the generator is cancelled or

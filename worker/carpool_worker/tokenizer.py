@@ -2,14 +2,17 @@
 
 Contract: ``load_tokenizer(config)`` returns a :class:`TextCodec` that reads the checkpoint's
 ``tokenizer.json`` when there is one, and otherwise builds a byte-level tokenizer in code (256
-byte tokens, then BOS and EOS), so presets work with nothing downloaded. ``IncrementalDecoder``
-turns a growing list of ids into text deltas without splitting a multi-byte character.
+byte tokens, then BOS and EOS), so presets work with nothing downloaded. The codec carries the
+model's chat template (``chat.load_chat_template``: the checkpoint's, else the default), as a
+Hugging Face tokenizer does; a broken template fails the load. ``IncrementalDecoder`` turns a
+growing list of ids into text deltas without splitting a multi-byte character.
 """
 
 from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from .chat import ChatTemplate, load_chat_template
 from .config import ModelConfig
 
 BYTE_BOS = "<|begin_of_text|>"
@@ -50,16 +53,30 @@ def _bytes_to_unicode() -> dict[int, str]:
 class TextCodec:
     """Encodes prompts and decodes completions for one model."""
 
-    def __init__(self, tokenizer: Tokenizer, bos_token_id: int | None, vocab_size: int):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        bos_token_id: int | None,
+        vocab_size: int,
+        chat_template: ChatTemplate | None = None,
+    ):
         self.tokenizer = tokenizer
         self.bos_token_id = bos_token_id
         self.vocab_size = vocab_size
+        self.chat_template = chat_template
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of ``text``; special tokens written in it become their ids."""
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        if self.bos_token_id is not None:
+        if add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
         return ids
+
+    def token_text(self, token_id: int | None) -> str:
+        """The text of one token ("" when there is none or the vocabulary lacks it)."""
+        if token_id is None:
+            return ""
+        return self.tokenizer.id_to_token(token_id) or ""
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -87,8 +104,14 @@ class IncrementalDecoder:
 def load_tokenizer(config: ModelConfig) -> TextCodec:
     if config.checkpoint_dir is not None and (config.checkpoint_dir / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_file(str(config.checkpoint_dir / "tokenizer.json"))
-        return TextCodec(tokenizer, config.bos_token_id, config.vocab_size)
-    # Presets and checkpoints without a tokenizer: bytes. For the bench shapes the ids above
-    # 257 decode to nothing, which is fine for load generators that send token ids.
-    bos = config.bos_token_id if config.name == "tiny" else None
-    return TextCodec(byte_level_tokenizer(), bos, config.vocab_size)
+        codec = TextCodec(tokenizer, config.bos_token_id, config.vocab_size)
+    else:
+        # Presets and checkpoints without a tokenizer: bytes. For the bench shapes the ids above
+        # 257 decode to nothing, which is fine for load generators that send token ids.
+        bos = config.bos_token_id if config.name == "tiny" else None
+        codec = TextCodec(byte_level_tokenizer(), bos, config.vocab_size)
+    eos = config.eos_token_ids[0] if config.eos_token_ids else None
+    codec.chat_template = load_chat_template(
+        config.checkpoint_dir, codec.token_text(codec.bos_token_id), codec.token_text(eos)
+    )
+    return codec
