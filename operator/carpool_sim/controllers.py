@@ -15,6 +15,9 @@ documented control laws with their documented defaults:
   and 6 s panic windows, panic at 200%, 2 s ticks, no scale-down while panicking, scale-down at
   most 2x per tick.
 - `static`: a fixed replica count (peak provisioning), held all run.
+- `clairvoyant` (`Scripted`): a replica schedule known in advance (one count per period, e.g.
+  per minute), each count asked for `lead_seconds` (the pod start-up) ahead, so the pods are
+  ready when their period starts; it reads no metric.
 - `carpool`: `carpool_policy.decide()` on an Observation built from the simulated Prometheus.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -237,3 +241,40 @@ class Carpool:
         decision = decide(obs, self.spec, self.state, view.now + EPOCH, self.profile)
         self.state = decision.state
         return Action(decision.replicas, dict(decision.limits), decision.reason)
+
+
+class Scripted:
+    """Replicas from a schedule: `schedule[k]` pods ready through period k (the last count holds
+    after the schedule ends). At each control it asks for the most that any period starting
+    within `lead_seconds + interval_seconds` needs: the first control whose look-ahead reaches
+    a period comes at least `lead_seconds` before it, so a pod created then is ready in time.
+    It scales down as soon as no period in the look-ahead needs the pods."""
+
+    name = "clairvoyant"
+
+    def __init__(
+        self,
+        schedule: Sequence[int],
+        period_seconds: float,
+        lead_seconds: float,
+        interval_seconds: float = 5.0,
+    ):
+        if not schedule or min(schedule) < 1:
+            raise ValueError("a schedule needs at least one period, each of at least 1 replica")
+        self.schedule = list(schedule)
+        self.period_seconds, self.lead_seconds = period_seconds, lead_seconds
+        self.interval_seconds = interval_seconds
+
+    def needed(self, start: float, end: float) -> int:
+        """The most replicas any period overlapping [start, end] needs."""
+        last = len(self.schedule) - 1
+        first = min(last, int(start // self.period_seconds))
+        final = min(last, int(end // self.period_seconds))
+        return max(self.schedule[first : final + 1])
+
+    def initial_replicas(self) -> int:
+        return self.needed(0.0, self.lead_seconds)
+
+    def control(self, view: ControlView) -> Action:
+        ahead = view.now + self.lead_seconds + self.interval_seconds
+        return Action(self.needed(view.now, ahead), reason="schedule")
