@@ -82,6 +82,15 @@ CASES = [
 ]
 
 
+def test_every_openai_route_is_fuzzed():
+    assert {
+        "POST /v1/completions",
+        "POST /v1/chat/completions",
+        "GET /v1/models",
+        "GET /v1/models/{model}",
+    } <= set(OPERATIONS)
+
+
 @pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{op}-{m.value}" for op, m in CASES])
 def test_fuzzed_request_gets_a_documented_status_and_never_a_5xx(fuzzed, label, mode):
     operation = OPERATIONS[label]

@@ -208,15 +208,11 @@ def parse_completion(body: bytes, codec: TextCodec, max_context: int) -> Complet
     if "prompt" not in obj:
         raise ApiError(400, "prompt is required", "prompt")
     prompt_ids = _prompt_ids(obj["prompt"], codec)
-    check_prompt_fits(prompt_ids, max_context, "prompt")
-    return parse_generation(obj, prompt_ids, max_context, DEFAULT_MAX_TOKENS)
-
-
-def check_prompt_fits(prompt_ids: list[int], max_context: int, name: str) -> None:
     if len(prompt_ids) >= max_context:
         raise ApiError(
-            400, f"{name} is {len(prompt_ids)} tokens; the context holds {max_context}", name
+            400, f"prompt is {len(prompt_ids)} tokens; the context holds {max_context}", "prompt"
         )
+    return parse_generation(obj, prompt_ids, max_context, DEFAULT_MAX_TOKENS)
 
 
 def parse_max_tokens(obj: dict, name: str, max_context: int, default: int) -> int:

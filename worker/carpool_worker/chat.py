@@ -294,7 +294,12 @@ def parse_chat(body: bytes, codec: TextCodec, max_context: int) -> api.Completio
     prompt_ids = codec.encode(text, add_bos=False)
     if not prompt_ids:
         raise ApiError(400, "the messages render to an empty prompt", "messages")
-    api.check_prompt_fits(prompt_ids, max_context, "messages")
+    if len(prompt_ids) >= max_context:
+        raise ApiError(
+            400,
+            f"the messages render to {len(prompt_ids)} tokens; the context holds {max_context}",
+            "messages",
+        )
     limit = "max_tokens"
     if obj.get("max_completion_tokens") is not None:
         if obj.get("max_tokens") is not None:
