@@ -19,7 +19,8 @@ import yaml
 from kubernetes import client
 
 from carpool_cluster import testing
-from carpool_operator.testing import install_crds
+
+from .operator_support import install_crds
 
 GROUP, VERSION, PLURAL = "carpool.dev", "v1alpha1", "inferencepools"
 

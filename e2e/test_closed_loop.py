@@ -21,7 +21,8 @@ from kubernetes import client
 
 from carpool_cluster import load, processes, prometheus, scenario, testing
 from carpool_cluster.testing import wait_for
-from carpool_operator.testing import delete_pools
+
+from .operator_support import delete_pools
 
 INTERVAL = 5  # spec.scaling.intervalSeconds
 STABILIZATION = 20  # spec.scaling.scaleDownStabilizationSeconds

@@ -16,7 +16,8 @@ from kubernetes import client
 from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
 from carpool_operator.kube import Kube
-from carpool_operator.testing import (
+
+from .operator_support import (
     GROUP,
     PLURAL,
     VERSION,

@@ -20,7 +20,8 @@ from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
 from carpool_operator import limits
 from carpool_operator.kube import Kube
-from carpool_operator.testing import (
+
+from .operator_support import (
     ACCOUNT,
     GROUP,
     PLURAL,

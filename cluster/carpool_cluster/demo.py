@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,8 +25,21 @@ from kubernetes import client, config
 from carpool_cluster import controlplane, kubelet, load, processes, prometheus, scenario
 from carpool_cluster.timeline import Timeline, render_live, summary_table, write_png
 
-TRACE = scenario.REPO / "traces" / "azure-llm-2023-code.csv"
 NAMESPACE = "demo"
+
+
+def trace_path() -> Path:
+    return scenario.REPO / "traces" / "azure-llm-2023-code.csv"
+
+
+def missing_files(pool: Path) -> list[Path]:
+    """What the demo reads from a checkout of the repository and cannot find.
+
+    The CRDs, the chart's RBAC, the profiles and the trace are repository files, not package
+    data: the demo runs from a checkout (``make demo``), not from an installed wheel.
+    """
+    needed = [scenario.CRDS, scenario.RBAC_RULES, scenario.PROFILES, trace_path(), pool]
+    return [path for path in needed if not path.exists()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    missing = missing_files(args.pool)
+    if missing:
+        print(
+            "carpool demo runs from a checkout of the carpool repository (make demo); "
+            f"not found: {', '.join(map(str, missing))}",
+            file=sys.stderr,
+        )
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -116,7 +138,7 @@ def _run(args, state: controlplane.ClusterState, prom_url: str, stop: threading.
     total = args.base_seconds + args.burst_seconds + args.after_seconds
     burst = (args.base_seconds, args.base_seconds + args.burst_seconds)
     schedule = load.schedule_from_trace(
-        TRACE,
+        trace_path(),
         interactive,
         start_seconds=args.trace_start_seconds,
         duration_seconds=total,

@@ -1,9 +1,12 @@
 """Test support: install carpool's CRDs and run `carpool operator` as a real subprocess.
 
+Test-side only (the shipped operator never imports the local-cluster substrate); it reads the
+repository's files when called, not at import.
+
 Contract:
 - `install_crds(api)` server-side-applies every CRD in the repository's `crds/` folder and
   returns once each is Established and its resources are served.
-- `RBAC_RULES` are the operator's rules (charts/carpool/files/operator-rbac.yaml), the ones a
+- `rbac_rules()` are the operator's rules (charts/carpool/files/operator-rbac.yaml), the ones a
   test identity for the operator must be given; `delete_cluster_identity(api, namespace,
   account)` removes the ClusterRole and binding `carpool_cluster.testing.identity_kubeconfig`
   made for it. `operator_identity(cluster, api, namespace, folder)` does both around a block:
@@ -22,6 +25,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -37,11 +41,14 @@ from kubernetes import client
 
 from carpool_cluster.testing import TestCluster, identity_kubeconfig, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CRDS_DIR = REPO / "crds"
-RBAC_RULES: list[dict] = yaml.safe_load(
-    (REPO / "charts" / "carpool" / "files" / "operator-rbac.yaml").read_text()
-)
+RBAC_FILE = REPO / "charts" / "carpool" / "files" / "operator-rbac.yaml"
+
+
+@functools.cache
+def rbac_rules() -> list[dict]:
+    return yaml.safe_load(RBAC_FILE.read_text())
 
 
 ACCOUNT = "carpool-operator"
@@ -53,7 +60,7 @@ def operator_identity(
     cluster: TestCluster, api: client.ApiClient, namespace: str, folder: Path
 ) -> Iterator[Path]:
     path = identity_kubeconfig(
-        cluster, api, folder, account=ACCOUNT, account_namespace=namespace, rules=RBAC_RULES
+        cluster, api, folder, account=ACCOUNT, account_namespace=namespace, rules=rbac_rules()
     )
     try:
         yield path
