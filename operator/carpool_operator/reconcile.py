@@ -165,6 +165,41 @@ def _ensure_secret(run: _Run, live: Obj | None) -> None:
     run.apply("Secret", builders.build_admin_secret(pool, None), live)
 
 
+def _apply_workers(run: _Run, live: Obj | None) -> tuple[Obj, list[str]]:
+    """Apply the worker Deployment and, as `scalers` allows, its worker count.
+
+    A new Deployment is created at its count. Created without one, it would run at the API's
+    default of 1 until the count is applied, and the control loop, which reads the Deployment
+    on its own clock, would publish that 1 as the pool's desired count. The operator's field
+    manager then lets go of the count, so that only the scaler's owns it.
+    """
+    kube, pool = run.kube, run.pool
+    namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+    external = scalers.external_scalers(
+        names.deployment_name(name),
+        kube.list("HorizontalPodAutoscaler", namespace),
+        kube.list("ScaledObject", namespace),
+    )
+    current = None if live is None else live["spec"]["replicas"]
+    wanted = scalers.replicas_to_apply(pool["spec"], current, external)
+    desired = builders.build_deployment(pool)
+    if current is None and wanted is not None:
+        desired = {**desired, "spec": {**desired["spec"], "replicas": wanted}}
+    deployment = run.apply("Deployment", desired, live)
+    if wanted is None:
+        return deployment, external
+    deployment = kube.apply(
+        builders.build_replicas(pool, wanted), manager=names.SCALER_FIELD_MANAGER
+    )
+    if current is None:
+        deployment = kube.apply(builders.build_deployment(pool))
+    mode = (pool["spec"].get("scaling") or {}).get("mode", "Auto")
+    was = "a new Deployment" if current is None else f"was {current}"
+    message = f"set the worker count to {wanted} (scaling.mode {mode}, {was})"
+    run.events.append(("Normal", "Scaled", message))
+    return deployment, external
+
+
 def reconcile(kube: Kube, pool: Obj, trigger: str) -> Obj | None:
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -176,7 +211,7 @@ def reconcile(kube: Kube, pool: Obj, trigger: str) -> Obj | None:
 
 
 def _reconcile(kube: Kube, pool: Obj) -> Obj | None:
-    meta, spec = pool["metadata"], pool["spec"]
+    meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     run = _Run(kube, pool)
     live = {kind: kube.get(kind, namespace, _name_of(kind, name)) for kind in DESIRED}
@@ -188,23 +223,9 @@ def _reconcile(kube: Kube, pool: Obj) -> Obj | None:
         _ensure_secret(run, live["Secret"])
         configmap, document = _desired_configmap(pool, live["ConfigMap"])
         run.apply("ConfigMap", configmap, live["ConfigMap"])
-        deployment = run.apply("Deployment", builders.build_deployment(pool), live["Deployment"])
+        deployment, external = _apply_workers(run, live["Deployment"])
         run.apply("Service", builders.build_service(pool), live["Service"])
         run.apply("PodDisruptionBudget", builders.build_pdb(pool), live["PodDisruptionBudget"])
-        external = scalers.external_scalers(
-            names.deployment_name(name),
-            kube.list("HorizontalPodAutoscaler", namespace),
-            kube.list("ScaledObject", namespace),
-        )
-        current = None if live["Deployment"] is None else live["Deployment"]["spec"]["replicas"]
-        wanted = scalers.replicas_to_apply(spec, current, external)
-        if wanted is not None:
-            replicas = builders.build_replicas(pool, wanted)
-            deployment = kube.apply(replicas, manager=names.SCALER_FIELD_MANAGER)
-            mode = (spec.get("scaling") or {}).get("mode", "Auto")
-            was = "a new Deployment" if current is None else f"was {current}"
-            message = f"set the worker count to {wanted} (scaling.mode {mode}, {was})"
-            run.events.append(("Normal", "Scaled", message))
     except ReconcileError as caught:
         error = caught
         run.events.append(("Warning", "ReconcileFailed", str(caught)))
