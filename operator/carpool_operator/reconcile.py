@@ -4,7 +4,8 @@ Contract:
 - `reconcile(kube, pool, trigger)` applies the admin Secret (created once, its token never
   rewritten), the limits ConfigMap, the worker Deployment, the Service and the
   PodDisruptionBudget with server-side apply (so only fields that differ change, and fields
-  someone else changed are taken back), writes the worker count only as `scalers` allows,
+  someone else changed are taken back), writes the worker count only as `scalers` allows (a
+  new Deployment is created at that count, never at the API's default of 1),
   then sets `status` (observedGeneration, replica counts, limits in force, conditions) and posts
   an Event for every object created, updated or restored and every scaling conflict found or
   gone (the status itself is computed by `carpool_operator.status`). Calls for one pool never
