@@ -20,5 +20,13 @@ python3 -m carpool_cli.main worker --model "$model" --device cuda \
   >"$out/worker.log" 2>&1 &
 worker=$!
 trap 'kill "$worker" 2>/dev/null || true' EXIT
+# Fail at once, with the worker's log, if it dies while loading.
+until python3 -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$port/readyz').status_code != 200)" 2>/dev/null; do
+  if ! kill -0 "$worker" 2>/dev/null; then
+    tail -20 "$out/worker.log" >&2
+    exit 1
+  fi
+  sleep 2
+done
 python3 -m carpool_cli.main fidelity --url "http://127.0.0.1:$port" --profile "$out/profile.json" \
   --duration "$seconds" --saturation-requests 150 | tee "$out/fidelity.jsonl"
