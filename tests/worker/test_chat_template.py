@@ -30,7 +30,7 @@ LLAMA3 = (
     "{% if loop.index > 8 %}{% break %}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-    "{{ {'system_seen': ns.system, 'first': messages[0]['content']} | tojson }}"
+    "{{ dict(system_seen=ns.system, first=messages[0]['content']) | tojson }}"
 )
 CONVERSATION = [
     {"role": "system", "content": "Be brief. <b>&</b> ünïcode"},
@@ -70,6 +70,13 @@ def test_the_sandbox_refuses_reaching_python_internals(tmp_path):
         template.render(CONVERSATION)
     assert refused.value.status == 400
     assert "is unsafe" in refused.value.message
+
+
+def test_a_namespace_refuses_private_attributes(tmp_path):
+    sneaky = "{% set ns = namespace() %}{% set ns._hidden = 1 %}"
+    template = load_chat_template(checkpoint(tmp_path, chat_template=sneaky), "", "")
+    with pytest.raises(ApiError, match="may not set the attribute '_hidden'"):
+        template.render(CONVERSATION)
 
 
 def test_special_tokens_come_from_the_tokenizer_config(tmp_path):

@@ -117,6 +117,15 @@ def _strftime_now(format):
     return datetime.now().strftime(format)
 
 
+class _Dict:
+    # ``dict(...)`` in a template without handing it the type itself (and its attributes).
+    def __call__(self, *args, **kwargs):
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args, **kwargs):
+        return dict.fromkeys(*args, **kwargs)
+
+
 class _Namespace(jinja2.utils.Namespace):
     # Templates come with checkpoints from anywhere: no dunder or private attributes on a
     # namespace, the way to reach the interpreter's internals from inside the sandbox.
@@ -147,6 +156,7 @@ def compile_template(source: str) -> jinja2.Template:
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _Dict()
     env.globals["namespace"] = _Namespace
     return env.from_string(source)
 
