@@ -375,8 +375,9 @@ COMPLETION_DOC = {
     "description": "The completion; with stream=true, server-sent events ending in [DONE].",
     "content": {
         "application/json": {"schema": api.COMPLETION_SCHEMA},
-        # One "data:" line per chunk (the JSON object above, less usage until the last), then
-        # "data: [DONE]"; or an error object when the engine fails the request mid-stream.
+        # One "data:" line per chunk (the JSON object above, less usage), a usage chunk with
+        # empty choices when stream_options.include_usage, then "data: [DONE]"; or an error
+        # object when the engine fails the request mid-stream.
         "text/event-stream": {},
     },
 }
