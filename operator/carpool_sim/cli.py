@@ -4,6 +4,7 @@ Contract: `main(argv) -> int`. Exit 0 after printing the comparison (a rich tabl
 `--json` one JSON document on stdout: `{"scenario": {...}, "policies": {name: summary}}`, see
 `carpool_sim.report`); exit 2 with a one-line message on stderr for bad arguments or files.
 Progress goes to stderr, and only when stderr is a terminal.
+`carpool sim suite ...` is the benchmark suite instead (`carpool_sim.suite`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from carpool_sim import suite
 from carpool_sim.compare import POLICIES, Options, resolve, run_policies
 from carpool_sim.plots import plot_runs
 from carpool_sim.report import summarize, table
@@ -29,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
         description="Replay request traces through carpool's scaling policy and the baselines "
         "(HPA on GPU utilization, KEDA on queue length, Knative KPA, static peak provisioning) "
         "on a simulated pool of continuous-batching replicas.",
+        epilog="carpool sim suite --help: every scenario of a folder, every policy, one table.",
     )
     p.add_argument("--pool", required=True, help="InferencePool manifest (YAML)")
     p.add_argument(
@@ -92,7 +95,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["suite"]:
+        return suite.main(argv[1:])
+    args = parser().parse_args(argv)
     names = [n.strip() for n in args.policy.split(",") if n.strip()]
     unknown = [n for n in names if n not in POLICIES]
     err = Console(stderr=True)

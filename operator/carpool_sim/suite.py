@@ -10,15 +10,16 @@ carpool sim suite [--scenarios DIR] [--short] [--json OUT] [--markdown OUT]
 runs each scenario file of DIR (`carpool_sim.suite_scenario`, default `scenarios/`) at each of
 its rate scales (a *variant*), prints one table and exits 0; exit 2 with a one-line message for
 a folder or file it cannot use. `--short` runs every scenario at its first rate scale only, for
-at most `SHORT_SECONDS` of traffic, with three settings per baseline knob: the suite's check in
-`make test`, not a result. Variants run in parallel on `--processes` processes (default 2).
+at most `SHORT_SECONDS` of traffic: the suite's check in `make test`, not a result. Variants
+run in parallel on `--processes` processes (default 2).
 
 `run_variant(path, rate_scale, short)` is one variant, and deterministic (no clock reads; its
 `seconds` field, the CPU time it took, is the one exception and is not part of the result).
 Each variant reports, for its policies:
 - `hpa-gpu`, `keda-queue`, `kpa`: at their documented defaults, and tuned (`carpool_sim.tuning`:
   the cheapest swept setting that reaches the target);
-- `static`: the fewest replicas that reach the target, held all run (bisection over runs);
+- `static`: the fewest replicas that reach the target, held all run (found by simulated runs:
+  up a ladder of counts, then bisection; `static_runs` says which counts reached it);
 - `clairvoyant`: the bound of `carpool_sim.clairvoyant`;
 - `carpool`: `carpool_policy.decide()`.
 A policy *reaches* the target when every endpoint with requests attains at least its target:
@@ -253,6 +254,10 @@ def _document(
         "reachable": variant.reachable,
         "targets": dict(zip(variant.names, map(float, variant.targets), strict=True)),
         "static_replicas": count,
+        "static_runs": {
+            str(n): {"gpu_hours": row.gpu_hours, "reached": row.reached}
+            for n, (row, _) in sorted(variant.statics.items())
+        },
         "goal_vs_static": file.goal_vs_static,
         "rows": [r.as_dict() for r in rows],
         "sweeps": sweeps,
@@ -330,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--short",
         action="store_true",
-        help=f"first rate scale only, at most {SHORT_SECONDS:.0f} s, three settings a knob",
+        help=f"every scenario at its first rate scale, for at most {SHORT_SECONDS:.0f} s",
     )
     p.add_argument("--json", metavar="OUT", help="write every variant's document to OUT")
     p.add_argument("--markdown", metavar="OUT", help="write the table as Markdown to OUT")
