@@ -1,0 +1,110 @@
+"""`carpool sim suite --short` on the scenarios folder: the table's structure and the invariants
+every variant must hold. Not carpool's goal numbers: those are the full suite's result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from carpool_sim.cli import main
+from carpool_sim.suite_report import markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = {
+    ("hpa-gpu", "default"), ("hpa-gpu", "tuned"), ("keda-queue", "default"),
+    ("keda-queue", "tuned"), ("kpa", "default"), ("kpa", "tuned"), ("static", "hindsight"),
+    ("clairvoyant", "bound"), ("carpool", "policy"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite") / "suite.json"
+    code = main(["suite", "--scenarios", str(ROOT / "scenarios"), "--short", "--json", str(out)])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def rows(result):
+    return {(r["policy"], r["kind"]): r for r in result["rows"]}
+
+
+def test_every_scenario_file_is_a_variant(results):
+    names = {path.stem for path in (ROOT / "scenarios").glob("*.yaml")}
+    assert sorted(r["scenario"] for r in results) == sorted(names)
+
+
+def test_every_variant_has_every_policy(results):
+    for result in results:
+        assert set(rows(result)) == EXPECTED, result["scenario"]
+
+
+def test_every_run_resolves_every_request(results):
+    for result in results:
+        for row in result["rows"]:
+            assert row["resolved"], (result["scenario"], row["policy"], row["kind"])
+
+
+def test_every_endpoint_with_requests_has_an_attainment(results):
+    for result in results:
+        for row in result["rows"]:
+            for name, count in result["requests"].items():
+                share = row["attainment"][name]
+                assert (share is None) == (count == 0)
+                assert share is None or 0.0 <= share <= 1.0
+
+
+def test_the_clairvoyant_bound_never_costs_more_than_static(results):
+    for result in results:
+        by = rows(result)
+        assert by["clairvoyant", "bound"]["gpu_hours"] <= by["static", "hindsight"]["gpu_hours"]
+
+
+def test_the_clairvoyant_bound_reaches_the_target_where_static_does(results):
+    for result in results:
+        by = rows(result)
+        if by["static", "hindsight"]["reached"]:
+            assert by["clairvoyant", "bound"]["reached"], result["scenario"]
+
+
+def test_tuned_never_costs_more_than_the_default_when_both_reach(results):
+    for result in results:
+        by = rows(result)
+        for policy in ("hpa-gpu", "keda-queue", "kpa"):
+            default, tuned = by[policy, "default"], by[policy, "tuned"]
+            if default["reached"]:
+                assert tuned["reached"]
+                assert tuned["gpu_hours"] <= default["gpu_hours"], (result["scenario"], policy)
+
+
+def test_static_is_the_fewest_replicas_that_reach_the_target(results):
+    for result in results:
+        count, runs = result["static_replicas"], result["static_runs"]
+        assert runs[str(count)]["reached"], result["scenario"]
+        if count > 1:
+            assert not runs[str(count - 1)]["reached"], result["scenario"]
+
+
+def test_the_cheapest_reaching_baseline_is_the_cheapest(results):
+    for result in results:
+        reaching = [r["gpu_hours"] for r in result["rows"]
+                    if r["reached"] and r["kind"] in ("default", "tuned", "hindsight")]  # fmt: skip
+        if reaching:
+            assert result["cheapest"]["gpu_hours"] == min(reaching)
+            carpool = rows(result)["carpool", "policy"]["gpu_hours"]
+            assert result["carpool"]["vs_cheapest"] == pytest.approx(carpool / min(reaching))
+
+
+def test_an_unreachable_sla_lowers_the_target_to_the_reachable_share(results):
+    result = next(r for r in results if r["scenario"] == "unreachable-sla")
+    reachable = result["reachable"]["long-context"]
+    assert 0.9 < reachable < 0.99
+    assert result["targets"]["long-context"] == pytest.approx(0.99 * reachable)
+
+
+def test_the_markdown_has_a_row_per_policy_and_variant(results):
+    lines = [line for line in markdown(results).splitlines() if line.startswith("| ")]
+    # Two header rows, one summary row per variant, one row per policy and variant.
+    assert len(lines) == 2 + len(results) + len(results) * len(EXPECTED)
