@@ -30,3 +30,5 @@ until python3 -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$port/
 done
 python3 -m carpool_cli.main fidelity --url "http://127.0.0.1:$port" --profile "$out/profile.json" \
   --duration "$seconds" --saturation-requests 150 | tee "$out/fidelity.jsonl"
+# The worker's own view of the run (step durations, batch sizes) for diagnosis.
+python3 -c "import httpx; print(httpx.get('http://127.0.0.1:$port/metrics').text)" >"$out/metrics.txt"
