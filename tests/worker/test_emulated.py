@@ -3,7 +3,10 @@ served through the worker's engine on it finishes with exactly its max_tokens.""
 
 from __future__ import annotations
 
+import json
 import queue
+import subprocess
+import sys
 import time
 
 import pytest
@@ -97,3 +100,21 @@ def test_a_request_through_the_engine_generates_exactly_max_tokens():
     assert [e.token_id for e in got[:7]] == [
         emulated_token(req.prompt_ids, i, VOCAB) for i in range(7)
     ]
+
+
+def test_an_emulated_worker_loads_and_serves_without_importing_torch(tmp_path):
+    # A process of its own: this test process has torch loaded by its neighbours.
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE.to_dict()))
+    script = f"""
+import sys
+from pathlib import Path
+from carpool_worker.server import Worker, WorkerSettings
+worker = Worker(WorkerSettings(model="bench-1b", emulate=Path({str(profile)!r})))
+worker.load()
+worker.close()
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    assert done.stdout.strip() == "False"

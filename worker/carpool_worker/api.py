@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .sampling import MIN_TEMPERATURE, MIN_TOP_P
+from .sampling_floors import MIN_TEMPERATURE, MIN_TOP_P
 
 if TYPE_CHECKING:  # the tokenizer imports the chat template, which imports this module
     from .tokenizer import TextCodec

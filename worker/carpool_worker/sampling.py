@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import torch
 
-# Below this, float32 cumulative sums cannot tell a top_p from 0; the first token decides anyway.
-MIN_TOP_P = 1e-6
-# The sampler divides by at least this; a smaller one would be changed on the device (1e-300 is
-# 0 in float32, which would turn the request greedy), so the HTTP layer refuses it instead.
-MIN_TEMPERATURE = 1e-5
+from .sampling_floors import MIN_TEMPERATURE, MIN_TOP_P
+
+__all__ = ["MIN_TEMPERATURE", "MIN_TOP_P", "sample"]
 
 
 def sample(
