@@ -47,12 +47,21 @@ def _model_arg(model: Mapping[str, Any]) -> str:
     return model["preset"] if "preset" in model else model["path"]
 
 
+def emulated_gpu(pool: Pool) -> bool:
+    """Whether the workers serve through an emulated GPU timed by the pool's profile."""
+    return bool(pool["spec"]["model"].get("emulatedGPU"))
+
+
 def build_container(pool: Pool) -> dict[str, Any]:
     spec = pool["spec"]
     worker = spec["worker"]
     port = _port(pool)
+    emulate = (
+        ["--emulate", f"{names.PROFILE_DIR}/{names.PROFILE_KEY}"] if emulated_gpu(pool) else []
+    )
     args = [
         "--model", _model_arg(spec["model"]),
+        *emulate,
         "--host", "$(POD_IP)",
         "--port", str(port),
         "--limits", f"{names.LIMITS_DIR}/{names.LIMITS_KEY}",
@@ -71,6 +80,8 @@ def build_container(pool: Pool) -> dict[str, Any]:
     ]
     if "volume" in spec["model"]:
         mounts.append({"name": "model", "mountPath": spec["model"]["path"], "readOnly": True})
+    if emulated_gpu(pool):
+        mounts.append({"name": "profile", "mountPath": names.PROFILE_DIR, "readOnly": True})
 
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
         return {
@@ -119,6 +130,9 @@ def build_pod_template(pool: Pool) -> dict[str, Any]:
     ]
     if "volume" in spec["model"]:
         volumes.append({"name": "model", **dict(spec["model"]["volume"])})
+    if emulated_gpu(pool):
+        profile_map = spec["scaling"]["profileConfigMap"]
+        volumes.append({"name": "profile", "configMap": {"name": profile_map}})
     pod_spec: dict[str, Any] = {
         "containers": [build_container(pool)],
         "volumes": volumes,
@@ -140,6 +154,8 @@ def build_pod_template(pool: Pool) -> dict[str, Any]:
     if worker.get("imagePullSecrets"):
         pod_spec["imagePullSecrets"] = [dict(s) for s in worker["imagePullSecrets"]]
     labels = {**names.selector_labels(name), names.LABEL_INSTANCE: name}
+    if emulated_gpu(pool):  # say so wherever an emulated worker appears
+        labels[names.LABEL_EMULATED_GPU] = "true"
     annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(_port(pool)),

@@ -24,6 +24,7 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_POOL = "carpool.dev/pool"
+LABEL_EMULATED_GPU = "carpool.dev/emulated-gpu"
 WORKER_APP = "carpool-worker"
 
 # Selects every object the operator owns, server-side (the operator's watches use it).
@@ -33,6 +34,9 @@ LIMITS_KEY = "limits.json"
 LIMITS_DIR = "/etc/carpool/limits"
 ADMIN_TOKEN_KEY = "token"
 ADMIN_DIR = "/etc/carpool/admin"
+# Where an emulated-GPU worker reads the pool's profile (model.emulatedGPU).
+PROFILE_DIR = "/etc/carpool/profile"
+PROFILE_KEY = "profile.json"
 
 
 def deployment_name(pool: str) -> str:

@@ -171,3 +171,22 @@ def test_the_same_pool_builds_the_same_objects(pool):
     assert builders.build_limits_configmap(pool, {"version": 1, "b": 1, "a": 2}) == (
         builders.build_limits_configmap(pool, {"a": 2, "version": 1, "b": 1})
     )
+
+
+def test_an_emulated_gpu_pool_mounts_its_profile_and_runs_the_worker_with_emulate(pool):
+    pool["spec"]["model"] = {"preset": "bench-8b", "emulatedGPU": True}
+    pool["spec"].setdefault("scaling", {})["profileConfigMap"] = "h200-8b"
+    template = builders.build_pod_template(pool)
+    container = template["spec"]["containers"][0]
+    assert container["args"][2:4] == ["--emulate", "/etc/carpool/profile/profile.json"]
+    assert {"name": "profile", "configMap": {"name": "h200-8b"}} in template["spec"]["volumes"]
+    assert {"name": "profile", "mountPath": "/etc/carpool/profile", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert template["metadata"]["labels"]["carpool.dev/emulated-gpu"] == "true"
+
+
+def test_a_model_pool_runs_no_emulated_gpu(pool):
+    template = builders.build_pod_template(pool)
+    assert "--emulate" not in template["spec"]["containers"][0]["args"]
+    assert "carpool.dev/emulated-gpu" not in template["metadata"]["labels"]
