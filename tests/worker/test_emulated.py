@@ -10,12 +10,15 @@ import sys
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 
 from carpool_replica.limits import EndpointLimits, LimitsDocument
 from carpool_replica.profile import Profile
 from carpool_replica.scheduler import Request, Step
+from carpool_worker.app import create_app
 from carpool_worker.emulated import EmulatedRunner, emulated_token
 from carpool_worker.engine import DoneEvent, Engine, TokenEvent
+from carpool_worker.server import Worker, WorkerSettings
 
 PROFILE = Profile.from_dict(
     {
@@ -118,3 +121,21 @@ print("torch" in sys.modules)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=True)  # fmt: skip
     assert done.stdout.strip() == "False"
+
+
+def test_a_stream_sends_its_first_token_even_when_its_text_is_not_printable(tmp_path):
+    # bench-1b has no tokenizer of its own: most ids decode to no text at all.
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE.to_dict()))
+    worker = Worker(WorkerSettings(model="bench-1b", emulate=profile))
+    body = {"prompt": [1, 2, 3], "max_tokens": 3, "stream": True}
+    with TestClient(create_app(worker)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with client.stream("POST", "/v1/completions", json=body) as response:
+            chunks = [json.loads(line[6:]) for line in response.iter_lines()
+                      if line.startswith("data: {")]  # fmt: skip
+    assert emulated_token([1, 2, 3], 0, VOCAB) > 257  # decodes to nothing
+    assert len(chunks) >= 2
+    assert chunks[0]["choices"][0]["finish_reason"] is None

@@ -516,7 +516,10 @@ class Completion:
         try:
             while True:
                 text, finish = self.text_of(event)
-                if text or finish is not None:
+                # The first token always gets a chunk, even one whose text is still incomplete
+                # (part of a UTF-8 sequence, or a special token): a client's time to first
+                # token is then the engine's, not the time to the first printable character.
+                if text or finish is not None or first_chunk:
                     chunk = self.chunk(text, finish, first_chunk)
                     first_chunk = False
                     yield f"data: {json.dumps(chunk)}\n\n"
