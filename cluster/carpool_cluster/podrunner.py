@@ -11,7 +11,9 @@ must exist on this host (``carpool ...``).
 Paths are the one liberty taken: a process sees a volume at ``root/volumes/<name>``, and every
 argument or environment value that starts with a ``mountPath`` is rewritten to that folder. The
 service-account token is given through a generated kubeconfig in ``$KUBECONFIG`` rather than at
-``/var/run/secrets``. Both keep the host's filesystem untouched and need no privileges.
+``/var/run/secrets``. Both keep the host's filesystem untouched and need no privileges. With
+no network namespace of its own, a pod's "all interfaces" is its loopback IP: an argument
+``0.0.0.0`` (a server binding every interface of the pod) becomes the pod's IP.
 """
 
 from __future__ import annotations
@@ -166,7 +168,8 @@ class PodProcess:
                 return value
 
             argv = [
-                rewrite(expand(a, env)) for a in (container.command or []) + (container.args or [])
+                self.pod_ip if a == "0.0.0.0" else rewrite(expand(a, env))
+                for a in (container.command or []) + (container.args or [])
             ]
             env = {k: rewrite(v) for k, v in env.items()}
             for mount_path, folder in mounts.items():

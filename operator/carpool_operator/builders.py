@@ -52,6 +52,11 @@ def emulated_gpu(pool: Pool) -> bool:
     return bool(pool["spec"]["model"].get("emulatedGPU"))
 
 
+# The worker's size when the spec predates these fields (the CRD defaults them).
+DEFAULT_KV_CACHE_SLOTS = 64
+DEFAULT_MAX_CONTEXT_TOKENS = 2048
+
+
 def build_container(pool: Pool) -> dict[str, Any]:
     spec = pool["spec"]
     worker = spec["worker"]
@@ -59,11 +64,15 @@ def build_container(pool: Pool) -> dict[str, Any]:
     emulate = (
         ["--emulate", f"{names.PROFILE_DIR}/{names.PROFILE_KEY}"] if emulated_gpu(pool) else []
     )
+    # All interfaces of the pod: its IP for the Service and Prometheus, and loopback for
+    # `kubectl port-forward`.
     args = [
         "--model", _model_arg(spec["model"]),
         *emulate,
-        "--host", "$(POD_IP)",
+        "--host", "0.0.0.0",
         "--port", str(port),
+        "--max-batch-size", str(worker.get("kvCacheSlots", DEFAULT_KV_CACHE_SLOTS)),
+        "--max-context", str(worker.get("maxContextTokens", DEFAULT_MAX_CONTEXT_TOKENS)),
         "--limits", f"{names.LIMITS_DIR}/{names.LIMITS_KEY}",
         "--admin-token-file", f"{names.ADMIN_DIR}/{names.ADMIN_TOKEN_KEY}",
         *worker.get("extraArgs", []),

@@ -10,7 +10,9 @@ Deployment at 0 replicas who put it there (manualReplicas, an external scaler, s
 `initial(...)` is what the first visit sets for the control loop's conditions when they are
 absent (Unknown until the control loop has observed the pool). `worst_endpoint(spec, endpoints)`
 is the printer column's summary: the SLA endpoint with the highest measured p95 TTFT relative
-to its SLA, as "name p95/SLAms", or None before any is measured.
+to its SLA, as "name p95/SLAms", or None before any is measured. `transition_events(previous,
+shown, watched)` lists the Events a change of a watched condition posts: a Warning named after
+its reason when it turns False or changes reason while False, a Normal one when it recovers.
 """
 
 from __future__ import annotations
@@ -201,3 +203,24 @@ def worst_endpoint(
         return None
     _, name, p95 = max(measured)
     return f"{name} {p95}/{slas[name]}ms"
+
+
+def transition_events(
+    previous: Sequence[Mapping[str, Any]] | None,
+    shown: Iterable[Condition],
+    watched: Sequence[str],
+) -> list[tuple[str, str, str]]:
+    """(Event type, reason, message) for each watched condition whose status or reason moved."""
+    events = []
+    for condition in shown:
+        if condition.type not in watched:
+            continue
+        before = find(previous, condition.type)
+        was = None if before is None else (before.get("status"), before.get("reason"))
+        if was == (condition.status, condition.reason):
+            continue
+        if condition.status == "False":
+            events.append(("Warning", condition.reason, condition.message))
+        elif condition.status == "True" and was is not None and was[0] == "False":
+            events.append(("Normal", condition.reason, condition.message))
+    return events

@@ -1,9 +1,10 @@
 """The control loop's one step for one pool: observe → ``carpool_policy.decide`` → apply.
 
-Contract: ``control_step(kube, pool, cache, now)`` reads the pool's worker Deployment and pods,
-takes the pool's signals from ``cache`` (one batched PromQL read shared by every pool, see
-``MetricsCache``), calls ``decide`` with the policy state kept in the pool's status, and then,
-by ``spec.scaling.mode``:
+Contract: ``control_step(kube, pool, cache, access, gpu_hour_price, now)`` reads the pool's
+worker Deployment and pods, takes the pool's signals from ``cache`` (one batched PromQL read
+shared by every pool on one Prometheus, see ``MetricsCache``), reads the pool's profile
+ConfigMap, calls ``decide`` with the policy state kept in the pool's status, and then, by
+``spec.scaling.mode``:
 
 - ``Auto``: writes the worker count (the scaler's own field manager) and the batch limits
   (status → limits ConfigMap through ``reconcile`` → pushed to each ready pod's admin API);
@@ -12,29 +13,54 @@ by ``spec.scaling.mode``:
 
 Status always gets the per-endpoint signals, the conditions, the policy state and the last
 decision; an Event says why, with numbers, whenever replicas or limits change (or would, in
-Recommend). Missing or stale metrics reach ``decide`` as such: it holds and says so.
+Recommend). Missing or stale metrics reach ``decide`` as such: it holds and says so, and
+``diagnose`` turns its reason into one that names the fix (missing scrape labels, no scrape,
+stale samples, an unreachable or refusing Prometheus). ``ProfileLoaded`` says whether the
+profile ConfigMap could be used. Each of the two posts an Event when its status or reason
+changes (Warning when it turns False). The pool's own ``spec.prometheus.url`` is queried
+without the operator's credentials (``access`` holds them for ``--prometheus-url`` only).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from carpool_operator import conditions, control_metrics, limits, names, push, reconcile
+from carpool_operator import (
+    conditions,
+    control_metrics,
+    diagnose,
+    ledger,
+    limits,
+    names,
+    profiles,
+    push,
+    reconcile,
+)
 from carpool_operator.builders import build_replicas
 from carpool_operator.kube import Kube, now_rfc3339
 from carpool_operator.observe import build_observation
-from carpool_operator.prometheus import MetricsUnavailable, PoolMetrics, fetch_pool_metrics
-from carpool_policy import Decision, PolicyState, PoolSpec, Profile, ProfileError, decide
+from carpool_operator.prometheus import (
+    MetricsUnavailable,
+    PoolMetrics,
+    PrometheusAccess,
+    fetch_pool_metrics,
+    scrape_facts,
+)
+from carpool_policy import Decision, PolicyState, PoolSpec, Profile, decide
+from carpool_policy.tuning import DEFAULT_TUNING
 
 Obj = dict[str, Any]
 log = logging.getLogger("carpool.control")
+NO_URL = (
+    "no Prometheus URL: set the chart's operator.prometheusUrl (the operator's --prometheus-url) "
+    "or the pool's spec.prometheus.url"
+)
 
 
 class MetricsCache:
@@ -43,17 +69,19 @@ class MetricsCache:
     def __init__(self, window: str = "1m", max_age_seconds: float = 2.0):
         self.window, self.max_age_seconds = window, max_age_seconds
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, dict | None, str | None]] = {}
+        self._entries: dict[PrometheusAccess, tuple[float, dict | None, str | None]] = {}
 
-    def get(self, url: str, pool_key: tuple[str, str]) -> tuple[PoolMetrics | None, str | None]:
+    def get(
+        self, access: PrometheusAccess, pool_key: tuple[str, str]
+    ) -> tuple[PoolMetrics | None, str | None]:
         with self._lock:
-            fetched_at, pools, error = self._entries.get(url, (0.0, None, None))
+            fetched_at, pools, error = self._entries.get(access, (0.0, None, None))
             if time.monotonic() - fetched_at > self.max_age_seconds:
                 try:
-                    pools, error = fetch_pool_metrics(url, self.window), None
+                    pools, error = fetch_pool_metrics(access, self.window), None
                 except MetricsUnavailable as failure:
                     pools, error = None, str(failure)
-                self._entries[url] = (time.monotonic(), pools, error)
+                self._entries[access] = (time.monotonic(), pools, error)
         return (pools or {}).get(pool_key), error
 
 
@@ -61,31 +89,87 @@ class MetricsCache:
 class StepResult:
     decision: Decision | None
     pushed: list[push.PushResult]
+    conditions: tuple[conditions.Condition, ...] = ()
 
 
 # Parsed profiles by (namespace, ConfigMap name): re-parsed only when the ConfigMap changes.
-_profiles: dict[tuple[str, str], tuple[str, Profile | None]] = {}
+_profiles: dict[tuple[str, str], tuple[str, Profile | None, conditions.Condition | None]] = {}
 
 
-def _profile(kube: Kube, pool: Obj, spec: PoolSpec) -> Profile | None:
+def _profile(
+    kube: Kube, pool: Obj, spec: PoolSpec
+) -> tuple[Profile | None, conditions.Condition | None]:
     name = spec.scaling.profile_config_map
     if not name:
-        return None
+        return None, None
     namespace = pool["metadata"]["namespace"]
     config_map = kube.get("ConfigMap", namespace, name)
     if config_map is None:
-        return None
+        _profiles.pop((namespace, name), None)
+        return profiles.load_profile(name, None)
     version = config_map["metadata"].get("resourceVersion", "")
     cached = _profiles.get((namespace, name))
     if cached is not None and cached[0] == version:
-        return cached[1]
-    text = (config_map.get("data") or {}).get("profile.json")
-    try:
-        profile = Profile.from_dict(json.loads(text)) if text else None
-    except (ValueError, ProfileError):
-        profile = None  # an unreadable profile: decide from measurements alone
-    _profiles[(namespace, name)] = (version, profile)
-    return profile
+        return cached[1], cached[2]
+    profile, condition = profiles.load_profile(name, config_map)
+    _profiles[(namespace, name)] = (version, profile, condition)
+    return profile, condition
+
+
+def pool_access(pool: Mapping[str, Any], access: PrometheusAccess) -> PrometheusAccess:
+    """The operator's Prometheus, or the pool's own URL without the operator's credentials."""
+    url = ((pool.get("spec") or {}).get("prometheus") or {}).get("url")
+    if not url or url.rstrip("/") == access.url.rstrip("/"):
+        return access
+    return access.anonymous(url, "spec.prometheus.url")
+
+
+def worker_addresses(pods: Sequence[Mapping[str, Any]], port: int) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            f"{p['status']['podIP']}:{port}"
+            for p in pods
+            if (p.get("status") or {}).get("podIP")
+            and (p.get("status") or {}).get("phase") == "Running"
+            and not (p.get("metadata") or {}).get("deletionTimestamp")
+        )
+    )
+
+
+def _metrics_condition(
+    decision: Decision,
+    access: PrometheusAccess,
+    pool: Obj,
+    spec: PoolSpec,
+    pods: Sequence[Obj],
+    metrics: PoolMetrics | None,
+    window: str,
+    now: float,
+) -> conditions.Condition:
+    held = decision.condition("MetricsAvailable")
+    shown = conditions.Condition(held.type, held.status, held.reason, held.message)
+    if held.status == "True" or held.reason in ("SeriesMissing", "PrometheusUnavailable"):
+        return diagnose.metrics_condition(shown, None, None)
+    addresses = worker_addresses(pods, worker_port(pool))
+    facts = None
+    if metrics is None or metrics.sampled_at is None:
+        try:
+            facts = scrape_facts(access, list(addresses))
+        except MetricsUnavailable:
+            facts = None
+    interval = float(spec.scaling.interval_seconds)
+    context = diagnose.PoolContext(
+        namespace=pool["metadata"]["namespace"],
+        pool=pool["metadata"]["name"],
+        url=access.url,
+        addresses=addresses,
+        sampled_at=None if metrics is None else metrics.sampled_at,
+        now=now,
+        stale_after_seconds=DEFAULT_TUNING.stale_after_intervals * interval,
+        interval_seconds=interval,
+        rate_window=window,
+    )
+    return diagnose.metrics_condition(shown, facts, context)
 
 
 def _admin_token(kube: Kube, namespace: str, pool_name: str) -> str | None:
@@ -122,7 +206,13 @@ def _endpoint_status(spec: PoolSpec, decision: Decision, observation, applied: b
 
 
 def _status_mutation(
-    pool: Obj, spec: PoolSpec, observation, decision: Decision, mode: str, applied_limits: bool
+    pool: Obj,
+    spec: PoolSpec,
+    observation,
+    decision: Decision,
+    mode: str,
+    applied_limits: bool,
+    shown: Sequence[conditions.Condition],
 ):
     generation = pool["metadata"].get("generation")
     now = now_rfc3339()
@@ -137,16 +227,14 @@ def _status_mutation(
             status["desiredReplicas"] = decision.recommended_replicas
         elif mode == "Auto":
             status["desiredReplicas"] = decision.replicas
-        current = status.get("conditions") or []
-        for condition in decision.conditions:
-            current = conditions.set_condition(
-                current,
-                conditions.Condition(
-                    condition.type, condition.status, condition.reason, condition.message
-                ),
-                generation,
-                now,
-            )
+        current = [
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") != profiles.PROFILE_LOADED
+            or any(s.type == profiles.PROFILE_LOADED for s in shown)
+        ]
+        for condition in shown:
+            current = conditions.set_condition(current, condition, generation, now)
         status["conditions"] = current
         status["policyState"] = decision.state.to_dict()
         status["lastDecision"] = {
@@ -170,7 +258,12 @@ def _event_reason(decision: Decision, current_replicas: int, mode: str) -> str:
 
 
 def control_step(
-    kube: Kube, pool: Obj, cache: MetricsCache, prometheus_url: str, now: float | None = None
+    kube: Kube,
+    pool: Obj,
+    cache: MetricsCache,
+    access: PrometheusAccess,
+    gpu_hour_price: str = "",
+    now: float | None = None,
 ) -> StepResult:
     now = time.time() if now is None else now
     meta = pool["metadata"]
@@ -183,11 +276,19 @@ def control_step(
     if deployment is None:  # reconcile has not created it yet
         return StepResult(None, [])
     pods = kube.list("Pod", namespace, label_selector=names.selector_string(name))
-    url = ((pool["spec"].get("prometheus") or {}).get("url")) or prometheus_url
-    metrics, error = cache.get(url, (namespace, name)) if url else (None, "no Prometheus URL")
+    access = pool_access(pool, access)
+    metrics, error = cache.get(access, (namespace, name)) if access.url else (None, NO_URL)
     observation = build_observation(pool, deployment, pods, metrics, error)
     state = PolicyState.from_dict((pool.get("status") or {}).get("policyState") or {})
-    decision = decide(observation, spec, state, now, _profile(kube, pool, spec))
+    profile, profile_condition = _profile(kube, pool, spec)
+    decision = decide(observation, spec, state, now, profile)
+    metrics_condition = _metrics_condition(
+        decision, access, pool, spec, pods, metrics, cache.window, now
+    )
+    shown = tuple(
+        metrics_condition if c.type == metrics_condition.type else conditions.Condition(*_fields(c))
+        for c in decision.conditions
+    ) + ((profile_condition,) if profile_condition is not None else ())
 
     apply = mode == "Auto"
     replicas_changed = apply and decision.replicas != observation.desired_replicas
@@ -197,7 +298,7 @@ def control_step(
     kube.update_pool_status(
         namespace,
         name,
-        _status_mutation(pool, spec, observation, decision, mode, applied_limits=apply),
+        _status_mutation(pool, spec, observation, decision, mode, apply, shown),
     )
     pushed: list[push.PushResult] = []
     if limits_changed:
@@ -207,10 +308,35 @@ def control_step(
         reason = _event_reason(decision, observation.desired_replicas, mode)
         kube.post_event(pool, "Normal", reason, decision.reason)
         log.info("%s/%s %s: %s", namespace, name, reason, decision.reason)
+    previous = (pool.get("status") or {}).get("conditions")
+    for type_, reason, message in conditions.transition_events(previous, shown, WATCHED):
+        kube.post_event(pool, type_, reason, message)
+        log.warning("%s/%s %s: %s", namespace, name, reason, message)
+    gpus = ledger.gpus_held(pods)
+    price = ledger.gpu_hour_price(pool["spec"], gpu_hour_price)
+    usage = metrics.usage if metrics is not None else {}
     control_metrics.record(
-        namespace, name, spec, observation, decision, replicas_changed, limits_changed
+        namespace,
+        name,
+        spec,
+        observation,
+        decision,
+        replicas_changed,
+        limits_changed,
+        shown=shown,
+        gpus=gpus,
+        gpu_hour_price=price,
+        costs=ledger.cost_per_million_tokens(usage, gpus, price),
     )
-    return StepResult(decision, pushed)
+    return StepResult(decision, pushed, shown)
+
+
+# Conditions whose changes post an Event (the policy's others move with every decision).
+WATCHED = (conditions.METRICS_AVAILABLE, profiles.PROFILE_LOADED)
+
+
+def _fields(condition) -> tuple[str, str, str, str]:
+    return condition.type, condition.status, condition.reason, condition.message
 
 
 def _apply_limits(kube: Kube, namespace: str, name: str, pods) -> list[push.PushResult]:

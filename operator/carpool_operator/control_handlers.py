@@ -6,12 +6,14 @@ operator replica is the active peer, runs ``control.control_step`` off the event
 step). A failing step is logged, counted in ``carpool_control_errors_total`` and retried at
 the next interval: it never stops the loop. All pools share one ``MetricsCache``, so their
 PromQL is one batch per Prometheus per round. ``CARPOOL_RATE_WINDOW`` (default ``1m``) is the
-PromQL rate window.
+PromQL rate window. The operator's Prometheus access (credentials, CA, headers) comes from
+``config``; turning TLS verification off is logged as a warning once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -27,6 +29,14 @@ DEFAULT_INTERVAL_SECONDS = 15.0
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     cache = control.MetricsCache(window=os.environ.get("CARPOOL_RATE_WINDOW", "1m"))
+    access = config.prometheus_access()
+    if access.insecure_skip_verify:
+        logging.getLogger("carpool.control").warning(
+            "TLS verification of Prometheus at %s is off (--prometheus-insecure-skip-verify): "
+            "anyone between the operator and Prometheus can read and change the metrics it "
+            "scales on; give it the CA bundle instead (--prometheus-ca-file)",
+            access.url or "the pools' spec.prometheus.url",
+        )
 
     @kopf.daemon(*POOLS, registry=registry, id="control", cancellation_timeout=10)
     async def control_loop(
@@ -45,7 +55,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                     return
                 interval = float(PoolSpec.from_crd(pool.get("spec") or {}).scaling.interval_seconds)
                 await asyncio.to_thread(
-                    control.control_step, memo.kube, pool, cache, config.prometheus_url
+                    control.control_step, memo.kube, pool, cache, access, config.gpu_hour_price
                 )
             except Exception as error:  # one bad round must not end the pool's control loop
                 control_metrics.count_error(namespace, name)

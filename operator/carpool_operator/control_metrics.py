@@ -1,13 +1,23 @@
 """The control loop's Prometheus metrics: what it saw, decided and applied, per pool.
 
-Contract: ``record(namespace, pool, spec, observation, decision, scaled, retuned)`` updates,
-in the operator's registry (``carpool_operator.metrics.REGISTRY``):
+Contract: ``record(namespace, pool, spec, observation, decision, scaled, retuned, shown=...,
+gpus=..., gpu_hour_price=..., costs=...)`` updates, in the operator's registry
+(``carpool_operator.metrics.REGISTRY``):
 
 - ``carpool_pool_replicas{namespace,pool,state}`` — state desired | ready | pending |
   recommended (the dashboard's replica panel; GPU-seconds are its integral);
 - ``carpool_endpoint_sla_ttft_p95_seconds{namespace,pool,endpoint}`` — the SLA line;
 - ``carpool_endpoint_target_limit{namespace,pool,endpoint,limit}`` — the limits decided;
-- ``carpool_pool_metrics_available{namespace,pool}`` — 1 when the policy had fresh data;
+- ``carpool_pool_metrics_available{namespace,pool}`` — the MetricsAvailable condition the pool
+  shows (``shown``): 1 when True, 0 when False (no samples, stale, missing labels, Prometheus
+  unreachable, a series missing). The condition and the gauge are one fact;
+- ``carpool_pool_metrics_unavailable_reason{namespace,pool,reason}`` — 1 for the condition's
+  reason while it is False (absent otherwise), for the alert to name it;
+- ``carpool_pool_profile_loaded{namespace,pool}`` — the ProfileLoaded condition (absent when the
+  pool names no profile ConfigMap);
+- ``carpool_pool_gpus{namespace,pool}``, ``carpool_pool_gpu_hour_price{namespace,pool}`` and
+  ``carpool_endpoint_cost_per_million_tokens{namespace,pool,endpoint}`` — the fuel ledger
+  (``carpool_operator.ledger``); the price and costs are absent when unknown;
 - ``carpool_pool_capacity_limited{namespace,pool}`` — 1 when pods wait for GPUs;
 - ``carpool_control_decisions_total{namespace,pool,action,reason}`` — action scale_up |
   scale_down | retune | hold; reason from ``decision_reason`` (a fixed vocabulary, so the
@@ -19,8 +29,12 @@ The labels name the pool, not the operator pod: scrape the operator with ``honor
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping, Sequence
+
 import prometheus_client
 
+from carpool_operator.conditions import Condition
 from carpool_operator.metrics import REGISTRY
 from carpool_policy import Decision, Observation, PoolSpec
 
@@ -43,8 +57,35 @@ TARGET_LIMIT = prometheus_client.Gauge(
 )
 METRICS_AVAILABLE = prometheus_client.Gauge(
     "carpool_pool_metrics_available",
-    "1 when the last decision had fresh worker metrics.",
+    "1 while the pool's MetricsAvailable condition is True (fresh worker metrics).",
     POOL,
+    registry=REGISTRY,
+)
+METRICS_UNAVAILABLE_REASON = prometheus_client.Gauge(
+    "carpool_pool_metrics_unavailable_reason",
+    "1 for the reason of a MetricsAvailable=False condition.",
+    [*POOL, "reason"],
+    registry=REGISTRY,
+)
+PROFILE_LOADED = prometheus_client.Gauge(
+    "carpool_pool_profile_loaded",
+    "1 while the pool's profile ConfigMap holds a valid profile, 0 while it does not.",
+    POOL,
+    registry=REGISTRY,
+)
+GPUS = prometheus_client.Gauge(
+    "carpool_pool_gpus", "GPUs held by the pool's worker pods.", POOL, registry=REGISTRY
+)
+GPU_HOUR_PRICE = prometheus_client.Gauge(
+    "carpool_pool_gpu_hour_price",
+    "The price of one GPU for an hour (spec.cost.gpuHourPrice or --gpu-hour-price).",
+    POOL,
+    registry=REGISTRY,
+)
+COST = prometheus_client.Gauge(
+    "carpool_endpoint_cost_per_million_tokens",
+    "What a million of the endpoint's tokens (prompt + generated) cost in GPU time.",
+    [*POOL, "endpoint"],
     registry=REGISTRY,
 )
 CAPACITY_LIMITED = prometheus_client.Gauge(
@@ -72,6 +113,11 @@ def record(
     decision: Decision,
     scaled: bool,
     retuned: bool,
+    *,
+    shown: Sequence[Condition],
+    gpus: int = 0,
+    gpu_hour_price: float | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> None:
     labels = {"namespace": namespace, "pool": pool}
     for state, value in (
@@ -88,10 +134,62 @@ def record(
         if limits is not None:
             for name, value in limits.to_dict().items():
                 TARGET_LIMIT.labels(**labels, endpoint=endpoint.name, limit=name).set(value)
-    METRICS_AVAILABLE.labels(**labels).set(1 if observation.available else 0)
+    _record_conditions(labels, shown)
+    _record_ledger(labels, spec, gpus, gpu_hour_price, costs or {})
     CAPACITY_LIMITED.labels(**labels).set(1 if observation.pending_unschedulable_replicas else 0)
     action = decision_action(observation, decision, scaled, retuned)
     DECISIONS.labels(**labels, action=action, reason=decision_reason(spec, decision, action)).inc()
+
+
+# The reason each pool's metrics_unavailable_reason series has now, to remove it when it moves.
+_unavailable_reasons: dict[tuple[str, str], str] = {}
+
+
+def _condition(shown: Sequence[Condition], type_: str) -> Condition | None:
+    return next((c for c in shown if c.type == type_), None)
+
+
+def _record_conditions(labels: dict[str, str], shown: Sequence[Condition]) -> None:
+    metrics = _condition(shown, "MetricsAvailable")
+    available = metrics is not None and metrics.status == "True"
+    METRICS_AVAILABLE.labels(**labels).set(1 if available else 0)
+    reason = None if available or metrics is None else metrics.reason
+    key = (labels["namespace"], labels["pool"])
+    old = _unavailable_reasons.pop(key, None)
+    if old is not None and old != reason:
+        _remove(METRICS_UNAVAILABLE_REASON, *key, old)
+    if reason is not None:
+        _unavailable_reasons[key] = reason
+        METRICS_UNAVAILABLE_REASON.labels(**labels, reason=reason).set(1)
+    profile = _condition(shown, "ProfileLoaded")
+    if profile is None:
+        _remove(PROFILE_LOADED, labels["namespace"], labels["pool"])
+    else:
+        PROFILE_LOADED.labels(**labels).set(1 if profile.status == "True" else 0)
+
+
+def _record_ledger(
+    labels: dict[str, str],
+    spec: PoolSpec,
+    gpus: int,
+    price: float | None,
+    costs: Mapping[str, float],
+) -> None:
+    GPUS.labels(**labels).set(gpus)
+    if price is None:
+        _remove(GPU_HOUR_PRICE, labels["namespace"], labels["pool"])
+    else:
+        GPU_HOUR_PRICE.labels(**labels).set(price)
+    for endpoint in spec.endpoints:
+        if endpoint.name in costs:
+            COST.labels(**labels, endpoint=endpoint.name).set(costs[endpoint.name])
+        else:
+            _remove(COST, labels["namespace"], labels["pool"], endpoint.name)
+
+
+def _remove(gauge: prometheus_client.Gauge, *label_values: str) -> None:
+    with contextlib.suppress(KeyError):
+        gauge.remove(*label_values)
 
 
 def decision_action(

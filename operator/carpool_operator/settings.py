@@ -6,6 +6,9 @@ base in annotations prefixed `carpool.dev` (the pool's `status` holds only carpo
 posts no Events of its own (the operator posts its own, see docs/operator.md), watches the
 objects the operator owns with a server-side label selector, and joins peering under
 `config.peering_name` so that of several replicas exactly one is active.
+`config.prometheus_access()` is how the control loop reaches `--prometheus-url`: the
+credentials, CA and headers of the `--prometheus-*` options (files are read at each query, so a
+mounted Secret can rotate). `--prometheus-insecure-skip-verify` is logged as a warning at start.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import kopf
 
 from carpool_operator import names
+from carpool_operator.prometheus import PrometheusAccess
 
 # kopf resource selectors of the kinds the operator owns and watches.
 OWNED_RESOURCES = (
@@ -41,7 +45,25 @@ class OperatorConfig:
     bind_address: str = "0.0.0.0"
     resync_seconds: float = 60.0
     prometheus_url: str = ""
+    prometheus_bearer_token_file: str = ""
+    prometheus_basic_auth_username: str = ""
+    prometheus_basic_auth_password_file: str = ""
+    prometheus_ca_file: str = ""
+    prometheus_insecure_skip_verify: bool = False
+    prometheus_headers: tuple[tuple[str, str], ...] = ()
+    gpu_hour_price: str = ""
     log_level: str = "INFO"
+
+    def prometheus_access(self) -> PrometheusAccess:
+        return PrometheusAccess(
+            url=self.prometheus_url,
+            bearer_token_file=self.prometheus_bearer_token_file,
+            basic_auth_username=self.prometheus_basic_auth_username,
+            basic_auth_password_file=self.prometheus_basic_auth_password_file,
+            ca_file=self.prometheus_ca_file,
+            insecure_skip_verify=self.prometheus_insecure_skip_verify,
+            headers=self.prometheus_headers,
+        )
 
     @property
     def clusterwide(self) -> bool:
@@ -98,12 +120,65 @@ def _parser() -> argparse.ArgumentParser:
         default=env("CARPOOL_PROMETHEUS_URL", ""),
         help="Prometheus for pools that do not set spec.prometheus.url",
     )
+    _prometheus_access_arguments(parser)
+    parser.add_argument(
+        "--gpu-hour-price",
+        default=env("CARPOOL_GPU_HOUR_PRICE", ""),
+        type=_decimal,
+        help="price of one GPU for an hour, for pools without spec.cost.gpuHourPrice: the fuel "
+        "ledger's cost per million tokens (carpool_endpoint_cost_per_million_tokens)",
+    )
     parser.add_argument(
         "--log-level",
         default=env("CARPOOL_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
     )
     return parser
+
+
+def _prometheus_access_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Prometheus access (sent only to --prometheus-url, never to a pool's spec.prometheus.url)"
+    )
+    group.add_argument(
+        "--prometheus-bearer-token-file", default="", help="file holding a bearer token"
+    )
+    group.add_argument("--prometheus-basic-auth-username", default="", help="basic auth user")
+    group.add_argument(
+        "--prometheus-basic-auth-password-file", default="", help="file holding its password"
+    )
+    group.add_argument(
+        "--prometheus-ca-file", default="", help="CA bundle that verifies Prometheus' TLS"
+    )
+    group.add_argument(
+        "--prometheus-insecure-skip-verify",
+        action="store_true",
+        help="do not verify Prometheus' TLS certificate (logged as a warning)",
+    )
+    group.add_argument(
+        "--prometheus-header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="NAME=VALUE",
+        help="an extra request header, e.g. X-Scope-OrgID=team-a (repeat for several)",
+    )
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or any(c in name for c in " :\r\n"):
+        raise argparse.ArgumentTypeError(f"{text!r}: write a header as NAME=VALUE")
+    return name.strip(), value
+
+
+def _decimal(text: str) -> str:
+    try:
+        if text and float(text) < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a price is a decimal number >= 0") from None
+    return text
 
 
 def parse(argv: list[str]) -> OperatorConfig:
@@ -120,6 +195,13 @@ def parse(argv: list[str]) -> OperatorConfig:
         bind_address=args.bind_address,
         resync_seconds=args.resync_seconds,
         prometheus_url=args.prometheus_url,
+        prometheus_bearer_token_file=args.prometheus_bearer_token_file,
+        prometheus_basic_auth_username=args.prometheus_basic_auth_username,
+        prometheus_basic_auth_password_file=args.prometheus_basic_auth_password_file,
+        prometheus_ca_file=args.prometheus_ca_file,
+        prometheus_insecure_skip_verify=args.prometheus_insecure_skip_verify,
+        prometheus_headers=tuple(args.prometheus_header),
+        gpu_hour_price=args.gpu_hour_price,
         log_level=args.log_level,
     )
 

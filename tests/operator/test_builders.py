@@ -40,12 +40,26 @@ def test_worker_command_line_follows_the_worker_contract(pool):
     assert container["command"] == ["carpool", "worker"]
     assert container["args"] == [
         "--model", "tiny",
-        "--host", "$(POD_IP)",
+        "--host", "0.0.0.0",
         "--port", "8000",
+        "--max-batch-size", "64",
+        "--max-context", "2048",
         "--limits", "/etc/carpool/limits/limits.json",
         "--admin-token-file", "/etc/carpool/admin/token",
         "--device", "cuda",
     ]  # fmt: skip
+
+
+def test_worker_listens_on_every_interface_of_the_pod_for_port_forwarding(pool):
+    args = _container(pool)["args"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+
+
+def test_worker_size_comes_from_the_spec(pool):
+    pool["spec"]["worker"].update(kvCacheSlots=128, maxContextTokens=4096)
+    args = _container(pool)["args"]
+    assert args[args.index("--max-batch-size") + 1] == "128"
+    assert args[args.index("--max-context") + 1] == "4096"
 
 
 def test_pod_ip_comes_from_the_downward_api(pool):
