@@ -65,6 +65,7 @@ class Engine:
             limits, runner.num_slots, runner.max_seq_len, prefill_token_budget, eos_token_ids
         )
         self.metrics.set_limits(limits)
+        self.metrics.kv_capacity.set(self.scheduler.kv_cache_tokens)
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -162,10 +163,12 @@ class Engine:
             emitted, finished = self.scheduler.complete(step, tokens)
             counts = self.scheduler.counts()
             kv_in_use = self.scheduler.kv_tokens_in_use
+            running = list(self.scheduler.running)
         m = self.metrics
         m.step_duration.observe(now - started)
         m.batch_size.observe(len(step.decode) + len(step.prefill))
         m.kv_usage.set(kv_in_use / (self.runner.num_slots * self.runner.max_seq_len))
+        m.observe_step(now - started, [*step.decode, *(r for r, _, _ in step.prefill)], running)
         m.set_queue_counts(counts)
         for req, token in emitted:
             self._emit_token(req, token, now)
@@ -207,9 +210,12 @@ class Engine:
         self._send(req, TokenEvent(token))
 
     def _close(self, req: Request, event: DoneEvent, now: float) -> None:
-        self._last_token_at.pop(req.id, None)
+        had_token = self._last_token_at.pop(req.id, None) is not None
         outcome = OUTCOME.get(event.reason, "error")
         self.metrics.requests.labels(req.endpoint, outcome).inc()
+        if outcome == "cancelled":
+            stage = "after_first_token" if had_token else "before_first_token"
+            self.metrics.abandoned.labels(req.endpoint, stage).inc()
         if outcome == "ok":
             self.metrics.duration.labels(req.endpoint).observe(now - req.arrival)
         self._send(req, event)

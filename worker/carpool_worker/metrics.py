@@ -18,6 +18,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512
 OUTCOMES = ("ok", "rejected", "cancelled", "invalid", "error")
 # Why a connection was dropped before its request reached a route (see server.py, app.py).
 DROP_REASONS = ("header_timeout", "body_timeout", "client_disconnected", "over_connection_limit")
+# A client that left before its first token waited in vain; one that left after it read part.
+ABANDON_STAGES = ("before_first_token", "after_first_token")
 LIMIT_NAMES = (
     "priority",
     "maxBatchSize",
@@ -66,6 +68,35 @@ class WorkerMetrics:
         self.kv_usage = Gauge(
             "carpool_kv_cache_usage_ratio", "KV cache tokens in use over capacity.", registry=r
         )
+        # Per endpoint: its share of each step, its KV memory, what it cost, who left early.
+        self.endpoint_batch_size = Histogram(
+            "carpool_endpoint_batch_size",
+            "The endpoint's sequences in one engine step (steps that ran any of them).",
+            ep,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.kv_tokens = Gauge(
+            "carpool_kv_cache_tokens",
+            "KV cache tokens held by the endpoint's sequences.",
+            ep,
+            registry=r,
+        )
+        self.kv_capacity = Gauge(
+            "carpool_kv_cache_capacity_tokens", "KV cache tokens the worker holds.", registry=r
+        )
+        self.engine_seconds = Counter(
+            "carpool_engine_seconds",
+            "Engine step time charged to the endpoint: each step split evenly among its sequences.",
+            ep,
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "carpool_requests_abandoned",
+            "Requests whose client left before the end, by whether it had its first token.",
+            ["endpoint", "stage"],
+            registry=r,
+        )
         self.emulated = Gauge(
             "carpool_worker_emulated",
             "1 when no model runs: an emulated GPU sleeps each step's profiled time.",
@@ -99,6 +130,8 @@ class WorkerMetrics:
                 self.batch_limit.labels(name, limit).set(value)
             for outcome in OUTCOMES:  # every series exists from the start: rate() needs a zero
                 self.requests.labels(name, outcome)
+            for stage in ABANDON_STAGES:
+                self.abandoned.labels(name, stage)
             # An endpoint with no traffic yet must read as zero, not as a missing series: the
             # operator never scales down on missing data.
             for per_endpoint in (
@@ -108,13 +141,15 @@ class WorkerMetrics:
                 self.duration,
                 self.generated_tokens,
                 self.prompt_tokens,
+                self.endpoint_batch_size,
+                self.engine_seconds,
             ):
                 per_endpoint.labels(name)
-            for name_gauge in (self.waiting, self.running):
+            for name_gauge in (self.waiting, self.running, self.kv_tokens):
                 name_gauge.labels(name)
         for name in self._limit_endpoints - set(doc.endpoints):
             # A dropped endpoint has nothing waiting or running any more.
-            for name_gauge in (self.waiting, self.running):
+            for name_gauge in (self.waiting, self.running, self.kv_tokens):
                 name_gauge.labels(name).set(0)
         self._limit_endpoints = set(doc.endpoints)
         self.limits_version.set(doc.version)
@@ -123,6 +158,21 @@ class WorkerMetrics:
         for name, (waiting, running) in counts.items():
             self.waiting.labels(name).set(waiting)
             self.running.labels(name).set(running)
+
+    def observe_step(self, step_duration: float, step_requests, running) -> None:
+        """Per endpoint: sequences in this step, its share of the step's time, KV held now."""
+        sequences: dict[str, int] = {}
+        for req in step_requests:
+            sequences[req.endpoint] = sequences.get(req.endpoint, 0) + 1
+        total = sum(sequences.values())
+        for name, count in sequences.items():
+            self.endpoint_batch_size.labels(name).observe(count)
+            self.engine_seconds.labels(name).inc(step_duration * count / total)
+        held = dict.fromkeys(self._limit_endpoints, 0)
+        for req in running:
+            held[req.endpoint] = held.get(req.endpoint, 0) + req.context_len
+        for name, tokens in held.items():
+            self.kv_tokens.labels(name).set(tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
