@@ -34,6 +34,7 @@ from carpool_policy import EndpointObservation
 
 BY = "namespace, pool, endpoint"
 POOL_LABELS = ("namespace", "pool")
+LEDGER_WINDOW = "10m"
 
 
 class MetricsUnavailable(RuntimeError):
@@ -102,6 +103,9 @@ def queries(window: str) -> dict[str, str]:
     def rate(metric: str, match: str = "") -> str:
         return f"sum by ({BY}) (rate({metric}{match}[{window}]))"
 
+    def ledger(metric: str) -> str:
+        return f"sum by ({BY}) (rate({metric}[{LEDGER_WINDOW}]))"
+
     def p95(histogram: str) -> str:
         return f"histogram_quantile(0.95, sum by ({BY}, le) (rate({histogram}_bucket[{window}])))"
 
@@ -120,11 +124,12 @@ def queries(window: str) -> dict[str, str]:
         "waiting": f"sum by ({BY}) (carpool_requests_waiting)",
         "running": f"sum by ({BY}) (carpool_requests_running)",
         "rejected_rate_per_second": rejected,
-        # The fuel ledger's inputs (see carpool_operator.ledger).
+        # The fuel ledger's inputs (see carpool_operator.ledger), over a longer window: a cost
+        # is a running account, not a reaction.
         "tokens_per_second": (
-            f"{rate('carpool_prompt_tokens_total')} + {rate('carpool_generated_tokens_total')}"
+            f"{ledger('carpool_prompt_tokens_total')} + {ledger('carpool_generated_tokens_total')}"
         ),
-        "engine_seconds_per_second": rate("carpool_engine_seconds_total"),
+        "engine_seconds_per_second": ledger("carpool_engine_seconds_total"),
         "_sampled_at": f"max by ({BY}) (timestamp(carpool_requests_waiting))",
     }
 

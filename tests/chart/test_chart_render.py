@@ -189,3 +189,64 @@ def test_observability_doc_lists_every_dashboard_and_alert_expression(rules_file
     groups = yaml.safe_load(rules_file.read_text())["groups"]
     exprs += [r["expr"] for g in groups for r in g["rules"]]
     assert [e for e in exprs if _squash(e) not in doc] == []
+
+
+def _operator_container(docs: list[dict]) -> tuple[dict, dict]:
+    pod = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def test_prometheus_credentials_are_mounted_files_the_operator_reads(rendered: Render) -> None:
+    pod, container = _operator_container(
+        rendered(
+            "--set", "operator.prometheus.bearerTokenSecret.name=prom-token",
+            "--set", "operator.prometheus.caBundle.configMap.name=prom-ca",
+            "--set-json", 'operator.prometheus.headers={"X-Scope-OrgID":"team a"}',
+        )
+    )  # fmt: skip
+    args = container["args"]
+    assert "--prometheus-bearer-token-file=/etc/carpool/prometheus/token/token" in args
+    assert "--prometheus-ca-file=/etc/carpool/prometheus/ca/ca.crt" in args
+    assert "--prometheus-header=X-Scope-OrgID=team a" in args
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["prometheus-token"]["secret"]["secretName"] == "prom-token"
+    assert volumes["prometheus-ca"]["configMap"]["name"] == "prom-ca"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["prometheus-token"] == {
+        "name": "prometheus-token",
+        "mountPath": "/etc/carpool/prometheus/token",
+        "readOnly": True,
+    }
+
+
+def test_no_prometheus_credentials_mount_nothing(rendered: Render) -> None:
+    pod, container = _operator_container(rendered())
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert not [a for a in container["args"] if a.startswith("--prometheus-") and "url" not in a]
+
+
+def test_the_operator_rbac_needs_no_secret_read_for_prometheus_credentials() -> None:
+    rules = yaml.safe_load((CHART / "files" / "operator-rbac.yaml").read_text())
+    secret_verbs = {v for r in rules if "secrets" in r.get("resources", []) for v in r["verbs"]}
+    assert secret_verbs <= {"get", "create", "patch"}  # the admin Secret only; no list or watch
+
+
+def test_basic_auth_without_a_password_secret_is_refused(
+    template: Callable[..., subprocess.CompletedProcess],
+) -> None:
+    result = template("--set", "operator.prometheus.basicAuth.username=carpool", check=False)
+    assert result.returncode != 0
+    assert "basicAuth.passwordSecret.name" in result.stderr
+
+
+def test_a_header_name_with_a_colon_is_refused_by_the_values_schema(
+    template: Callable[..., subprocess.CompletedProcess],
+) -> None:
+    result = template("--set-json", 'operator.prometheus.headers={"X-Org:":"a"}', check=False)
+    assert result.returncode != 0
+    assert "X-Org:" in result.stderr
+
+
+def test_the_gpu_hour_price_reaches_the_operator(rendered: Render) -> None:
+    _, container = _operator_container(rendered("--set", "operator.gpuHourPrice=2.49"))
+    assert "--gpu-hour-price=2.49" in container["args"]

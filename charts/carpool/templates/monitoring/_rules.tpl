@@ -50,7 +50,9 @@ real Prometheus. docs/observability.md explains each alert. */}}
   rules:
     - alert: CarpoolPoolMetricsUnavailable
       expr: |
-        max by (namespace, pool) (carpool_pool_metrics_available) == 0
+        (max by (namespace, pool) (carpool_pool_metrics_available) == 0)
+        * on (namespace, pool) group_left (reason)
+        max by (namespace, pool, reason) (carpool_pool_metrics_unavailable_reason)
       for: {{ $rules.metricsUnavailableFor }}
       labels:
         severity: warning
@@ -58,13 +60,36 @@ real Prometheus. docs/observability.md explains each alert. */}}
         {{- toYaml . | nindent 8 }}
         {{- end }}
       annotations:
-        summary: The operator cannot read pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}'s metrics; it holds replicas and limits.
+        summary: The operator cannot read pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}'s metrics ({{`{{ $labels.reason }}`}}); it holds replicas and limits.
         description: >-
-          The operator's control loop has had no fresh metrics for pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}
-          for {{ $rules.metricsUnavailableFor }}: Prometheus is unreachable or the workers' series are missing or stale.
-          The pool keeps its current replicas and batch limits until metrics return, so it does
-          not follow its load. `kubectl describe inferencepool` shows the condition's message.
+          The operator's control loop has had no usable metrics for pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}
+          for {{ $rules.metricsUnavailableFor }} ({{`{{ $labels.reason }}`}}{{`{{ if eq $labels.reason "MissingScrapeLabels" }}`}}: Prometheus scrapes the
+          workers without the namespace and pool labels; enable the chart's prometheus.workers.podMonitor
+          or add the relabel rules{{`{{ else if eq $labels.reason "NoSamples" }}`}}: Prometheus does not scrape the workers{{`{{ else if eq $labels.reason "MetricsStale" }}`}}: the
+          workers' samples are older than three control intervals; scrape them more often{{`{{ else if eq $labels.reason "PrometheusUnavailable" }}`}}: the
+          operator cannot query Prometheus; check its URL, credentials and CA{{`{{ else if eq $labels.reason "ScrapeFailing" }}`}}: the
+          workers' scrapes fail{{`{{ end }}`}}). The pool keeps its current replicas and batch limits until
+          metrics return, so it does not follow its load. `kubectl describe inferencepool` shows the
+          condition's message, which says what to fix.
         {{- with include "carpool.runbook" (list $ "CarpoolPoolMetricsUnavailable") }}
+        runbook_url: {{ . }}
+        {{- end }}
+    - alert: CarpoolPoolProfileInvalid
+      expr: |
+        max by (namespace, pool) (carpool_pool_profile_loaded) == 0
+      for: {{ $rules.profileInvalidFor }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: Pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}'s profile ConfigMap is missing or invalid.
+        description: >-
+          For {{ $rules.profileInvalidFor }} the ConfigMap named in the pool's scaling.profileConfigMap has not held
+          a valid profile.json, so the policy scales from measured queue delay alone and cannot
+          plan capacity ahead. The pool's ProfileLoaded condition says what is wrong.
+        {{- with include "carpool.runbook" (list $ "CarpoolPoolProfileInvalid") }}
         runbook_url: {{ . }}
         {{- end }}
     - alert: CarpoolWorkerMetricsMissing
@@ -120,6 +145,29 @@ real Prometheus. docs/observability.md explains each alert. */}}
           protects the high-priority endpoints by shrinking the low-priority ones' share; add GPU
           capacity or lower the pool's replicas.max.
         {{- with include "carpool.runbook" (list $ "CarpoolPoolCapacityLimited") }}
+        runbook_url: {{ . }}
+        {{- end }}
+- name: carpool.endpoint
+  rules:
+    - alert: CarpoolEndpointAbandonment
+      expr: |
+        sum by (namespace, pool, endpoint) (rate(carpool_requests_abandoned_total[{{ $rules.abandonment.window }}]))
+        / sum by (namespace, pool, endpoint) (rate(carpool_requests_total[{{ $rules.abandonment.window }}]))
+        > {{ $rules.abandonment.ratio }}
+      for: {{ $rules.abandonment.for }}
+      labels:
+        severity: warning
+        {{- with $rules.additionalRuleLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: Clients abandon {{`{{ $value | humanizePercentage }}`}} of endpoint {{`{{ $labels.endpoint }}`}}'s requests in pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}}.
+        description: >-
+          Over the last {{ $rules.abandonment.window }}, more than {{ mulf $rules.abandonment.ratio 100.0 }}% of the requests to endpoint
+          {{`{{ $labels.endpoint }}`}} ended with the client gone. The dashboard's abandonment panel splits
+          them into clients that left before their first token (they waited too long: compare the
+          queue delay with the SLA) and after it (streams cut short).
+        {{- with include "carpool.runbook" (list $ "CarpoolEndpointAbandonment") }}
         runbook_url: {{ . }}
         {{- end }}
 - name: carpool.operator
