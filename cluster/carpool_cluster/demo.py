@@ -3,8 +3,9 @@
 Contract: brings up a real control plane, Prometheus and a process kubelet with GPU nodes;
 installs the CRDs and runs the operator under the chart's RBAC; applies
 ``examples/demo-pool.yaml`` (an interactive endpoint with a TTFT SLA, an offline endpoint
-without one, the tiny model on CPU); replays a slice of the shared code-completion trace with a
-burst, plus a steady offline stream; shows a live terminal view of replicas, per-endpoint p95
+without one, bench-8b on emulated H200 GPUs timed by ``--profile``); replays a slice of the
+shared code-completion trace (its own token counts, prompts capped at the profile's context)
+with a burst, plus a steady offline stream; shows a live terminal view of replicas, per-endpoint p95
 TTFT against the SLA and the batch limits; then prints a summary table, writes a PNG timeline
 and a JSON record to ``--out``, and tears everything down, on Ctrl-C too. Exit 0 when the
 story completed (it reports, it does not judge, whether the SLA held).
@@ -26,6 +27,8 @@ from carpool_cluster import controlplane, kubelet, load, processes, prometheus, 
 from carpool_cluster.timeline import Timeline, render_live, summary_table, write_png
 
 NAMESPACE = "demo"
+# The trace's requests as recorded, within the H200 profile's 8,704-token context.
+DEMO_MAX_PROMPT_TOKENS, DEMO_MAX_OUTPUT_TOKENS = 8000, 512
 
 
 def trace_path() -> Path:
@@ -48,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=scenario.REPO / "out" / "demo")
     parser.add_argument("--pool", type=Path, default=scenario.REPO / "examples" / "demo-pool.yaml")
     parser.add_argument(
+        "--profile",
+        default="h200-bench-8b.json",
+        help="the pool's profile, a file in profiles/ (an emulated GPU sleeps its step times)",
+    )
+    parser.add_argument("--gpu-nodes", type=int, default=4)
+    parser.add_argument("--gpus-per-node", type=int, default=4)
+    parser.add_argument(
         "--base-seconds", type=float, default=45.0, help="steady traffic before the burst"
     )
     parser.add_argument("--burst-seconds", type=float, default=60.0)
@@ -63,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate",
         type=float,
-        default=1.2,
+        default=1.5,
         help="the trace's request rate multiplier (the default slice averages ~5.5/s)",
     )
     parser.add_argument("--burst-factor", type=float, default=5.0)
@@ -99,11 +109,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     state_dir = args.state_dir.resolve()
     controlplane.down(state_dir)  # a previous demo interrupted hard
-    print("starting a local control plane, Prometheus and two 2-GPU process nodes ...")
+    print(
+        f"starting a local control plane, Prometheus and {args.gpu_nodes} "
+        f"{args.gpus_per_node}-GPU process nodes ..."
+    )
     try:
         state = controlplane.up(state_dir)
         prom_url = prometheus.start(state)
-        kubelet.start_daemon(state, nodes=2, gpus_per_node=2)
+        kubelet.start_daemon(state, nodes=args.gpu_nodes, gpus_per_node=args.gpus_per_node)
         return _run(args, state, prom_url, stop)
     finally:
         print("tearing down ...")
@@ -122,7 +135,7 @@ def _run(args, state: controlplane.ClusterState, prom_url: str, stop: threading.
     manifest = scenario.load_manifest(args.pool)
     name = manifest["metadata"]["name"]
     client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-    scenario.apply_pool(api, NAMESPACE, manifest)
+    scenario.apply_pool(api, NAMESPACE, manifest, profile=args.profile)
     print(f"applied InferencePool {NAMESPACE}/{name}; waiting for its first worker ...")
     processes.wait_until(
         "the first worker to be ready",
@@ -145,8 +158,11 @@ def _run(args, state: controlplane.ClusterState, prom_url: str, stop: threading.
         rate_multiplier=args.rate,
         timing=args.timing,
         burst=(*burst, args.burst_factor),
+        token_divisor=1.0,
+        max_prompt_tokens=DEMO_MAX_PROMPT_TOKENS,
+        max_output_tokens=DEMO_MAX_OUTPUT_TOKENS,
     )
-    schedule += load.poisson(offline, args.offline_rate, total, prompt_tokens=96, max_tokens=32)
+    schedule += load.poisson(offline, args.offline_rate, total, prompt_tokens=1024, max_tokens=128)
     schedule.sort(key=lambda a: a.at_seconds)
     timeline = Timeline(
         interactive=interactive, offline=offline, sla_seconds=sla, burst=burst, load_seconds=total

@@ -16,7 +16,7 @@ from carpool_replica.limits import EndpointLimits, LimitsDocument
 from carpool_replica.profile import Profile
 from carpool_replica.scheduler import Request, Step
 from carpool_worker.app import create_app
-from carpool_worker.emulated import EmulatedRunner, emulated_token
+from carpool_worker.emulated import MAX_HOST_LAG_SECONDS, EmulatedRunner, emulated_token
 from carpool_worker.engine import DoneEvent, Engine, TokenEvent
 from carpool_worker.server import Worker, WorkerSettings
 
@@ -77,6 +77,38 @@ def test_engine_overhead_between_steps_is_absorbed_by_the_running_deadline():
     fake.now -= 0.004  # the engine came back before the last step's deadline: a GPU queue
     runner.execute(Step(decode=[req]))
     assert fake.slept == [pytest.approx(0.010), pytest.approx(0.014)]
+
+
+def test_a_continuing_step_launched_late_by_the_host_keeps_the_gpus_pace():
+    fake = FakeTime()
+    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+    req = request(8, 4)
+    req.num_prefilled, req.output_ids = 8, [5]
+    runner.execute(Step(decode=[req]))
+    fake.now += 0.004  # the host came back 4 ms after the step's end
+    runner.execute(Step(decode=[req]))
+    assert fake.slept == [pytest.approx(0.010), pytest.approx(0.006)]
+
+
+def test_a_step_after_an_idle_engine_starts_when_it_is_launched():
+    fake = FakeTime()
+    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+    runner.execute(Step(prefill=[(request(256, 4), 0, 256)]))
+    fake.now += 1.0  # idle: nothing ran
+    runner.execute(Step(prefill=[(request(256, 4), 0, 256)]))
+    assert fake.slept == [pytest.approx(0.020), pytest.approx(0.020)]
+
+
+def test_host_lag_past_the_bound_is_charged():
+    fake = FakeTime()
+    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+    req = request(8, 4)
+    req.num_prefilled, req.output_ids = 8, [5]
+    runner.execute(Step(decode=[req]))
+    fake.now += 0.5  # far behind: this host is overloaded
+    runner.execute(Step(decode=[req]))
+    assert fake.slept == [pytest.approx(0.010), pytest.approx(0.010)]
+    assert MAX_HOST_LAG_SECONDS < 0.5
 
 
 def test_tokens_depend_on_the_prompt_and_position_only():

@@ -10,10 +10,13 @@ returns deterministic token ids (a function of the prompt and the position). The
 an emulated engine no EOS ids, so an emulated request generates exactly its ``max_tokens``, as a
 simulated one does.
 
-The step ends at a deadline on a running clock (the previous step's end, or now if the engine
-was idle, plus the step's cost) rather than after a fresh sleep, so the engine's own per-step
-overhead is absorbed as a GPU's queue of launched work absorbs it, and the emulated throughput
-is the profile's even on a busy CPU. Sleeping costs no CPU, so many emulated GPUs share a core.
+A step ends at a deadline on a running clock, as steps queued on a GPU do. A step that
+continues running work (it decodes, or prefills a later chunk of a prompt) starts where the
+previous one ended, even when this host launched it late: the host's scheduling delays are not
+GPU time, so they are forgiven, up to ``MAX_HOST_LAG_SECONDS`` (past that the host was
+overloaded, or the step did not follow the last at once, and the step starts now). A step after an idle engine starts now. So the emulated
+throughput is the profile's even on a busy CPU, and sleeping costs no CPU, so many emulated
+GPUs share a core.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import time
 from carpool_replica.profile import Profile
 from carpool_replica.scheduler import Step
 from carpool_replica.steptime import StepCost
+
+MAX_HOST_LAG_SECONDS = 0.05
 
 
 def emulated_token(prompt_ids, position: int, vocab_size: int) -> int:
@@ -53,7 +58,10 @@ class EmulatedRunner:
 
     def execute(self, step: Step) -> dict[int, int]:
         now = self.clock()
-        self._busy_until = max(now, self._busy_until) + self.cost.seconds(step)
+        continuing = bool(step.decode) or any(start > 0 for _, start, _ in step.prefill)
+        forgiven = continuing and now - self._busy_until <= MAX_HOST_LAG_SECONDS
+        start = self._busy_until if forgiven else max(now, self._busy_until)
+        self._busy_until = start + self.cost.seconds(step)
         remaining = self._busy_until - now
         if remaining > 0:
             self.sleep(remaining)
