@@ -14,9 +14,9 @@ A step ends at a deadline on a running clock, as steps queued on a GPU do. A ste
 continues running work (it decodes, or prefills a later chunk of a prompt) starts where the
 previous one ended, even when this host launched it late: the host's scheduling delays are not
 GPU time, so they are forgiven, up to ``MAX_HOST_LAG_SECONDS`` (past that the host was
-overloaded, or the step did not follow the last at once, and the step starts now). A step after an idle engine starts now. So the emulated
-throughput is the profile's even on a busy CPU, and sleeping costs no CPU, so many emulated
-GPUs share a core.
+overloaded, or the step did not follow the last at once, and the step starts now). A step
+after an idle engine starts now. So the emulated throughput is the profile's even on a busy
+CPU, and sleeping costs no CPU, so many emulated GPUs share a core.
 """
 
 from __future__ import annotations
