@@ -137,3 +137,33 @@ def test_worst_endpoint_is_the_one_nearest_its_sla(pool):
 def test_worst_endpoint_ignores_throughput_classes_and_unmeasured_endpoints(pool):
     measured = [{"name": "nightly-labeling", "ttftP95Milliseconds": 9000}, {"name": "x"}]
     assert conditions.worst_endpoint(pool["spec"], measured) is None
+
+
+def test_a_watched_condition_turning_false_posts_a_warning_named_after_its_reason() -> None:
+    from carpool_operator.conditions import Condition, transition_events
+
+    previous = [{"type": "MetricsAvailable", "status": "True", "reason": "MetricsFresh"}]
+    shown = [Condition("MetricsAvailable", "False", "MissingScrapeLabels", "add pool")]
+    assert transition_events(previous, shown, ["MetricsAvailable"]) == [
+        ("Warning", "MissingScrapeLabels", "add pool")
+    ]
+
+
+def test_an_unchanged_reason_posts_nothing_even_with_new_numbers() -> None:
+    from carpool_operator.conditions import Condition, transition_events
+
+    previous = [{"type": "MetricsAvailable", "status": "False", "reason": "MetricsStale"}]
+    shown = [Condition("MetricsAvailable", "False", "MetricsStale", "61 s old")]
+    assert transition_events(previous, shown, ["MetricsAvailable"]) == []
+
+
+def test_recovery_posts_a_normal_event_and_a_first_true_posts_none() -> None:
+    from carpool_operator.conditions import Condition, transition_events
+
+    fresh = [Condition("MetricsAvailable", "True", "MetricsFresh", "all series present")]
+    was_false = [{"type": "MetricsAvailable", "status": "False", "reason": "NoSamples"}]
+    was_unknown = [{"type": "MetricsAvailable", "status": "Unknown", "reason": "Awaiting"}]
+    assert transition_events(was_false, fresh, ["MetricsAvailable"]) == [
+        ("Normal", "MetricsFresh", "all series present")
+    ]
+    assert transition_events(was_unknown, fresh, ["MetricsAvailable"]) == []

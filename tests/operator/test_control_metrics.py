@@ -77,3 +77,61 @@ def test_action_and_reason(pool, replicas, scaled, retuned, conditions, expected
 def test_recommend_mode_says_nothing_was_applied_whatever_the_sla(pool) -> None:
     made = decision(2, SLAMet=("False", "BudgetExceeded"))
     assert decision_reason(spec(pool, "Recommend"), made, "hold") == "not_auto"
+
+
+def _gauge(name: str, **labels: str) -> float | None:
+    from carpool_operator.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
+@pytest.mark.parametrize("reason", ["NoSamples", "MetricsStale", "MissingScrapeLabels"])
+def test_metrics_available_gauge_reads_0_whenever_the_condition_is_false(pool, reason) -> None:
+    from carpool_operator.control_metrics import record
+
+    # Prometheus answered (the observation is "available"), but the pool holds: the gauge
+    # follows the condition the pool shows, not whether Prometheus answered.
+    shown = (Condition("MetricsAvailable", "False", reason, "holding"),)
+    record("g", reason.lower(), spec(pool), SEEN, decision(2), False, False, shown=shown)
+    labels = {"namespace": "g", "pool": reason.lower()}
+    assert _gauge("carpool_pool_metrics_available", **labels) == 0
+    assert _gauge("carpool_pool_metrics_unavailable_reason", **labels, reason=reason) == 1
+
+
+def test_the_reason_series_goes_when_metrics_return(pool) -> None:
+    from carpool_operator.control_metrics import record
+
+    labels = {"namespace": "g", "pool": "back"}
+    down = (Condition("MetricsAvailable", "False", "NoSamples", "holding"),)
+    up = (Condition("MetricsAvailable", "True", "MetricsFresh", "all series present"),)
+    record("g", "back", spec(pool), SEEN, decision(2), False, False, shown=down)
+    record("g", "back", spec(pool), SEEN, decision(2), False, False, shown=up)
+    assert _gauge("carpool_pool_metrics_available", **labels) == 1
+    assert _gauge("carpool_pool_metrics_unavailable_reason", **labels, reason="NoSamples") is None
+
+
+def test_the_profile_gauge_follows_profile_loaded_and_goes_without_a_profile(pool) -> None:
+    from carpool_operator.control_metrics import record
+
+    labels = {"namespace": "g", "pool": "prof"}
+    fresh = Condition("MetricsAvailable", "True", "MetricsFresh", "")
+    bad = (fresh, Condition("ProfileLoaded", "False", "ProfileInvalid", ""))
+    record("g", "prof", spec(pool), SEEN, decision(2), False, False, shown=bad)
+    assert _gauge("carpool_pool_profile_loaded", **labels) == 0
+    record("g", "prof", spec(pool), SEEN, decision(2), False, False, shown=(fresh,))
+    assert _gauge("carpool_pool_profile_loaded", **labels) is None
+
+
+def test_the_ledger_exports_cost_per_endpoint_and_drops_it_when_unknown(pool) -> None:
+    from carpool_operator.control_metrics import record
+
+    labels = {"namespace": "g", "pool": "cost", "endpoint": "inline-completion"}
+    fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
+    costs = {"inline-completion": 1.25}
+    record("g", "cost", spec(pool), SEEN, decision(2), False, False, shown=fresh, gpus=2,
+           gpu_hour_price=3.0, costs=costs)  # fmt: skip
+    assert _gauge("carpool_endpoint_cost_per_million_tokens", **labels) == 1.25
+    assert _gauge("carpool_pool_gpus", namespace="g", pool="cost") == 2
+    record("g", "cost", spec(pool), SEEN, decision(2), False, False, shown=fresh, gpus=2)
+    assert _gauge("carpool_endpoint_cost_per_million_tokens", **labels) is None
+    assert _gauge("carpool_pool_gpu_hour_price", namespace="g", pool="cost") is None
