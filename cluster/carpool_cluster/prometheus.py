@@ -6,10 +6,20 @@ config whose only targets come from ``kubernetes_sd_configs`` (pods annotated
 ``prometheus`` on a free loopback port, waits for ``/-/ready`` and records the process in the
 cluster state. There are no static target lists: a pod is scraped because the API server
 says it exists.
+
+For tests of what the operator does with a Prometheus that is set up differently,
+``start_federating(folder, source_url, ...)`` starts another real Prometheus that takes the
+workers' series from ``source_url`` (federation keeps their ``instance`` and, unless dropped,
+their labels and timestamps): with ``drop_labels`` it holds them without those labels (a scrape
+without relabelling), with a long ``scrape_interval`` its samples are old, with
+``federate=False`` it holds nothing of them, and with ``web_config`` (Prometheus'
+``--web.config.file``: ``basic_auth_users``, ``tls_server_config``) it refuses anonymous or
+plain-HTTP queries. ``stop_instance(record)`` stops it. Works against any cluster's Prometheus.
 """
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -157,3 +167,83 @@ def url_of(state: ClusterState) -> str | None:
     if record is None or not processes.is_running(record):
         return None
     return f"http://127.0.0.1:{record.port}"
+
+
+def federation_config(
+    source_url: str,
+    *,
+    scrape_interval: str = SCRAPE_INTERVAL,
+    drop_labels: tuple[str, ...] = (),
+    federate: bool = True,
+) -> dict:
+    """A Prometheus config that copies the carpool series of ``source_url``."""
+    if not federate:
+        return {"global": {"scrape_interval": scrape_interval}, "scrape_configs": []}
+    scheme, _, host = source_url.partition("://")
+    job: dict = {
+        "job_name": "federate-carpool",
+        "honor_labels": True,
+        "metrics_path": "/federate",
+        "scheme": scheme,
+        "params": {"match[]": ['{__name__=~"carpool_.+|up"}']},
+        "static_configs": [{"targets": [host.rstrip("/")]}],
+    }
+    if drop_labels:
+        job["metric_relabel_configs"] = [{"regex": "|".join(drop_labels), "action": "labeldrop"}]
+    return {
+        "global": {"scrape_interval": scrape_interval, "scrape_timeout": "10s"},
+        "scrape_configs": [job],
+    }
+
+
+def start_federating(
+    folder: Path,
+    name: str,
+    source_url: str,
+    *,
+    scrape_interval: str = SCRAPE_INTERVAL,
+    drop_labels: tuple[str, ...] = (),
+    federate: bool = True,
+    web_config: dict | None = None,
+) -> tuple[processes.ProcessRecord, str]:
+    """Start a Prometheus in ``folder/name`` federating ``source_url``; return it and its URL."""
+    binary = binaries.ensure_binaries().prometheus
+    home = folder / name
+    home.mkdir(parents=True, exist_ok=True)
+    config_path = home / "prometheus.yml"
+    config = federation_config(
+        source_url, scrape_interval=scrape_interval, drop_labels=drop_labels, federate=federate
+    )
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = processes.free_port()
+    argv = [
+        binary,
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={home / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    scheme = "http"
+    if web_config is not None:
+        web_path = home / "web.yml"
+        web_path.write_text(yaml.safe_dump(web_config, sort_keys=False))
+        argv.append(f"--web.config.file={web_path}")
+        scheme = "https" if "tls_server_config" in web_config else "http"
+    record = processes.start(f"prometheus-{name}", argv, home / "prometheus.log", port=port)
+    processes.wait_until(
+        f"Prometheus {name} listening",
+        lambda: _listening(port),
+        60,
+        record,
+    )
+    return record, f"{scheme}://127.0.0.1:{port}"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_instance(record: processes.ProcessRecord) -> bool:
+    return processes.stop(record)
