@@ -30,7 +30,8 @@ VALID: dict[str, Any] = {
     "metadata": {"name": "pool"},
     "spec": {
         "model": {"preset": "tiny"},
-        "worker": {"image": "ghcr.io/example/carpool-worker:0.1.0"},
+        # 128 slots: the offline endpoint's batch of up to 128 sequences must fit in a worker.
+        "worker": {"image": "ghcr.io/example/carpool-worker:0.1.0", "kvCacheSlots": 128},
         "replicas": {"min": 1, "max": 4},
         "endpoints": [
             {
@@ -258,6 +259,27 @@ INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
      _set("worker.resources", {"requests": {"nvidia.com/gpu": "0.5"},
                                "limits": {"nvidia.com/gpu": 1}}),
      ["worker.resources.requests: an extended resource such as nvidia.com/gpu is not divisible"]),
+    ("batch bound above the worker's default slots", _delete("worker.kvCacheSlots"),
+     ["spec.worker.kvCacheSlots",
+      "endpoint nightly-labeling: batching.maxBatchSize.max (128) is more sequences than a "
+      "worker holds, worker.kvCacheSlots (64; 64 when not set): lower batching.maxBatchSize.max, "
+      "or raise worker.kvCacheSlots"]),
+    ("batch bound above the worker's slots", _set("worker.kvCacheSlots", 16),
+     ["endpoint nightly-labeling: batching.maxBatchSize.max (128) is more sequences than a "
+      "worker holds, worker.kvCacheSlots (16;"]),
+    ("kv cache slots of zero", _set("worker.kvCacheSlots", 0),
+     ["spec.worker.kvCacheSlots", "greater than or equal to 1"]),
+    ("context shorter than a prompt can be", _set("worker.maxContextTokens", 8),
+     ["spec.worker.maxContextTokens", "greater than or equal to 16"]),
+    ("worker size passed as an extra argument", _set("worker.extraArgs", ["--max-context=4096"]),
+     ["worker.extraArgs: --max-context=4096 is set by the operator from the spec",
+      "worker.maxContextTokens for --max-context"]),
+    ("listen address passed as an extra argument", _set("worker.extraArgs", ["--host", "1.2.3.4"]),
+     ["worker.extraArgs: --host is set by the operator from the spec"]),
+    ("gpu-hour price as a number", _set("cost", {"gpuHourPrice": 2.49}),
+     ["spec.cost.gpuHourPrice", "must be of type string"]),
+    ("gpu-hour price with a currency sign", _set("cost", {"gpuHourPrice": "$2.49"}),
+     ["cost.gpuHourPrice must be a decimal number written as a string"]),
     # JSON has no quantity type: a bare fraction is a number, and the quantity schema takes
     # integers and strings (as core types do in CRDs). "0.5" and 500m are accepted.
     ("fraction of a cpu as a bare number", _set("worker.resources", {"limits": {"cpu": 0.5}}),
@@ -315,6 +337,7 @@ def test_valid_pool_is_accepted_with_defaults_filled_in(custom, pools_namespace)
         "profileConfigMap": "",
     }
     assert spec["worker"]["port"] == 8000
+    assert spec["worker"]["maxContextTokens"] == 2048
     nightly = spec["endpoints"][1]
     assert nightly["priority"] == 0 and nightly["default"] is False
     assert nightly["batching"]["batchWindowMilliseconds"] == {"min": 0, "max": 5}

@@ -38,7 +38,12 @@ ONLY_AFTER_EVENTS = {
     "carpool_operator_api_errors_total",
     "carpool_operator_objects_applied_total",
     "carpool_control_errors_total",
+    # Series of a misconfiguration, which a healthy pool does not have (e2e/test_misconfiguration.py
+    # checks them): the reason metrics are unavailable, and a profile ConfigMap's state.
+    "carpool_pool_metrics_unavailable_reason",
+    "carpool_pool_profile_loaded",
 }
+GPU_HOUR_PRICE = "2.5"
 
 
 def example_pool() -> dict:
@@ -204,6 +209,8 @@ def installed(cluster, api, gpu_nodes, prometheus_url, crds, release_namespace):
         f"operator.prometheusUrl={prometheus_url}",
         "--set",
         "operator.peering.lifetimeSeconds=20",
+        "--set-string",
+        f"operator.gpuHourPrice={GPU_HOUR_PRICE}",
         "--wait",
         "--timeout",
         "180s",
@@ -314,6 +321,25 @@ def test_the_operators_decisions_say_why(pool: str, prometheus_url: str) -> None
     )
     labels = {(s["metric"].get("action"), s["metric"].get("reason")) for s in series}
     assert all(reason in DECISION_REASONS for _, reason in labels), labels
+
+
+def test_the_fuel_ledger_prices_each_endpoints_tokens(pool: str, prometheus_url: str) -> None:
+    # The example pool holds one GPU per worker at the chart's price; both endpoints served
+    # tokens, so each has a cost, and together they account for the pool's whole spend.
+    selector = f'carpool_endpoint_cost_per_million_tokens{{namespace="{pool}",pool="{POOL}"}}'
+    series = wait_for(
+        "a cost per endpoint",
+        lambda: (
+            (found := prom(prometheus_url, "query", selector)["result"])
+            and len(found) == len(ENDPOINTS)
+            and found
+        ),
+        90,
+        1,
+    )
+    assert all(float(s["value"][1]) > 0 for s in series)
+    price = prom(prometheus_url, "query", f'carpool_pool_gpu_hour_price{{namespace="{pool}"}}')
+    assert float(price["result"][0]["value"][1]) == float(GPU_HOUR_PRICE)
 
 
 EXPRESSIONS = dashboard_expressions() + alert_expressions()
