@@ -23,8 +23,10 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from carpool_bench import loop
 from carpool_cluster import controlplane, kubelet, load, processes, prometheus, scenario
 from carpool_cluster.timeline import Timeline, render_live, summary_table, write_png
+from carpool_replica.profile import Profile
 
 NAMESPACE = "demo"
 # The trace's requests as recorded, within the H200 profile's 8,704-token context.
@@ -137,12 +139,16 @@ def _run(args, state: controlplane.ClusterState, prom_url: str, stop: threading.
     client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
     scenario.apply_pool(api, NAMESPACE, manifest, profile=args.profile)
     print(f"applied InferencePool {NAMESPACE}/{name}; waiting for its first worker ...")
+    applied_at = time.monotonic()
     processes.wait_until(
         "the first worker to be ready",
         lambda: scenario.pool_snapshot(api, NAMESPACE, name)["ready"] >= 1,
         180,
         state.processes["operator"],
     )
+    # What a new worker takes here, from the pool applied to the worker ready: the simulator's
+    # start-up delay for its prediction of this run.
+    startup_seconds = time.monotonic() - applied_at
 
     endpoints = {e["name"]: e for e in manifest["spec"]["endpoints"]}
     interactive = next(n for n, e in endpoints.items() if e.get("sla"))
@@ -200,8 +206,26 @@ def _run(args, state: controlplane.ClusterState, prom_url: str, stop: threading.
         sampler.join(timeout=5)
     timeline.events = scenario.pool_events(api, NAMESPACE, name)
     summary = timeline.summary()
+    summary["simulator"] = _prediction(args, manifest, schedule, timeline, startup_seconds, total)
     summary_table(summary)
     write_png(timeline, args.out / "timeline.png")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"timeline: {args.out / 'timeline.png'}  summary: {args.out / 'summary.json'}")
     return 0
+
+
+def _prediction(args, manifest, schedule, timeline: Timeline, startup_seconds: float, total):
+    """`carpool sim` on the same arrivals, pool and profile, beside what this run measured."""
+    profile = Profile.from_dict(json.loads((scenario.PROFILES / args.profile).read_text()))
+    predicted = loop.predict(
+        schedule,
+        manifest["spec"],
+        profile,
+        startup_seconds=startup_seconds,
+        scrape_interval_seconds=prometheus.scrape_interval_seconds(),
+        rate_window_seconds=scenario.RATE_WINDOW_SECONDS,
+        until_seconds=total,
+    )
+    samples = [(s["t"], s["desired"]) for s in timeline.samples]
+    real = loop.measured(timeline.outcomes, samples, total)
+    return {"predicted": predicted, "measured": real, "ratio": loop.ratios(predicted, real)}

@@ -30,6 +30,12 @@ from carpool_cluster import binaries, processes
 from carpool_cluster.controlplane import ClusterState
 
 SCRAPE_INTERVAL = "2s"  # short, so a local closed loop reacts within seconds
+
+
+def scrape_interval_seconds() -> float:
+    return float(SCRAPE_INTERVAL.removesuffix("s"))
+
+
 PROMETHEUS_USER = "carpool:prometheus"
 
 DISCOVERY_RULES = [

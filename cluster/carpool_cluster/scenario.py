@@ -32,6 +32,8 @@ PROFILES = REPO / "profiles"
 OPERATOR_NAMESPACE = "carpool-system"
 OPERATOR_ACCOUNT = "carpool-operator"
 GROUP, VERSION, PLURAL = "carpool.dev", "v1alpha1", "inferencepools"
+# The operator's PromQL rate window on the local cluster: short, as its scrapes are.
+RATE_WINDOW_SECONDS = 20
 
 
 def install_crds(kubectl: Path, kubeconfig: Path) -> None:
@@ -125,7 +127,7 @@ def start_operator(
     prometheus_url: str,
     log: Path,
     *,
-    rate_window: str = "20s",
+    rate_window: str = f"{RATE_WINDOW_SECONDS}s",
     name: str = "operator",
     extra_args: tuple[str, ...] = (),
 ) -> processes.ProcessRecord:

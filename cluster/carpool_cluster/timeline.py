@@ -270,6 +270,19 @@ def summary_table(summary: dict[str, Any]) -> None:
     console.print(
         f"burst end → first scale-down: {seconds('first_scale_down_after_burst_end_seconds')}"
     )
+    simulator = summary.get("simulator")
+    if simulator:
+        predicted, real = simulator["predicted"], simulator["measured"]
+        for name, figures in real["endpoints"].items():
+            want = predicted["endpoints"].get(name, {}).get("ttft_p95_seconds")
+            console.print(
+                f"{name} p95 TTFT: measured {figures['ttft_p95_seconds'] * 1000:.0f} ms, "
+                f"carpool sim predicted {'-' if want is None else f'{want * 1000:.0f} ms'}"
+            )
+        console.print(
+            f"replica-minutes: measured {real['replica_minutes']}, "
+            f"carpool sim predicted {predicted['replica_minutes']}"
+        )
 
 
 def write_png(timeline: Timeline, path: Path) -> None:
