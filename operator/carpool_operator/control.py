@@ -168,6 +168,8 @@ def _metrics_condition(
         stale_after_seconds=DEFAULT_TUNING.stale_after_intervals * interval,
         interval_seconds=interval,
         rate_window=window,
+        endpoints=tuple(e.name for e in spec.endpoints),
+        endpoints_seen=tuple(sorted(metrics.endpoints)) if metrics is not None else (),
     )
     return diagnose.metrics_condition(shown, facts, context)
 

@@ -56,6 +56,8 @@ class PoolContext:
     stale_after_seconds: float
     interval_seconds: float
     rate_window: str
+    endpoints: tuple[str, ...] = ()  # the spec's
+    endpoints_seen: tuple[str, ...] = ()  # those Prometheus has series of for this pool
 
 
 def metrics_condition(
@@ -74,6 +76,15 @@ def metrics_condition(
 
 def _no_samples(facts: ScrapeFacts | None, context: PoolContext) -> Condition:
     where = f"Prometheus at {context.url}"
+    if context.sampled_at is not None and not set(context.endpoints) & set(context.endpoints_seen):
+        seen = ", ".join(sorted(context.endpoints_seen))
+        return _condition(
+            "NoSamples",
+            f"{where} has series of this pool's workers for the endpoints {seen}, but none for "
+            f"the spec's {', '.join(context.endpoints)}: the workers serve an older limits "
+            f"document (see the pool's limits ConfigMap and the workers' log), or another "
+            f"server answers at their address",
+        )
     if context.sampled_at is not None:
         return _condition(
             "NoSamples",

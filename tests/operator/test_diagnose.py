@@ -63,7 +63,9 @@ def test_no_running_worker_is_nothing_to_fix_in_prometheus() -> None:
 
 
 def test_samples_without_rates_ask_for_a_shorter_scrape_interval() -> None:
-    context = dataclasses.replace(CONTEXT, sampled_at=995.0)
+    context = dataclasses.replace(
+        CONTEXT, sampled_at=995.0, endpoints=("chat",), endpoints_seen=("chat",)
+    )
     shown = metrics_condition(NO_SAMPLES, ScrapeFacts({}, {}), context)
     assert "at most every 30 s" in shown.message
 
@@ -89,3 +91,11 @@ def test_every_refined_reason_says_the_pool_holds() -> None:
     assert metrics_condition(NO_SAMPLES, facts, CONTEXT).message.endswith(
         "holding replicas and limits"
     )
+
+
+def test_series_only_for_other_endpoints_point_at_the_workers_limits() -> None:
+    context = dataclasses.replace(
+        CONTEXT, sampled_at=995.0, endpoints=("chat",), endpoints_seen=("old-name",)
+    )
+    shown = metrics_condition(NO_SAMPLES, ScrapeFacts({}, {}), context)
+    assert "for the endpoints old-name, but none for the spec's chat" in shown.message
