@@ -3,11 +3,13 @@
 #
 #   images/build.sh [operator] [worker]     (default: both)
 #
+# The build's log goes to stderr; stdout gets one line per image built, `TARGET=NAME:TAG`.
+#
 # The base is Debian bookworm made by `debootstrap --variant=minbase` (as root) and loaded with
 # `podman import`; nothing is pulled from a registry. The base's tarball is cached under
 # ~/.cache/carpool/images/ and remade when older than CARPOOL_BASE_MAX_AGE_DAYS, so its
-# packages stay current; podman's layer cache and a pip cache mounted into the build make a
-# second run fast. The images are tagged with the chart's appVersion.
+# packages stay current; podman's layer cache and a wheelhouse mounted into the build
+# (~/.cache/carpool/images/wheels) make a second run fast. The images are tagged with the chart's appVersion.
 #
 # Environment (all optional):
 #   CARPOOL_IMAGE_ENGINE       podman (default, through images/podman.sh) or docker
@@ -144,18 +146,19 @@ build() {
   local args=(build --file "$CONTAINERFILE" --target "$target" --tag "$image"
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --network host)
   if [[ $ENGINE == podman ]]; then
-    # The pip cache and the host's CA bundle are mounted for the build only.
-    mkdir -p "$CACHE/pip"
+    # A wheelhouse and the host's CA bundle are mounted for the build only. (A wheelhouse, not
+    # pip's HTTP cache: that one keeps only responses whose headers allow caching.)
+    mkdir -p "$CACHE/wheels"
     args+=(--layers --ignorefile "$IGNOREFILE"
-      --volume "$CACHE/pip:$BUILD_MOUNTS/pip-cache"
-      --build-arg "PIP_CACHE_DIR=$BUILD_MOUNTS/pip-cache")
+      --volume "$CACHE/wheels:$BUILD_MOUNTS/wheels"
+      --build-arg "WHEELHOUSE=$BUILD_MOUNTS/wheels")
     if [[ -f $HOST_CA_BUNDLE ]]; then
       args+=(--volume "$HOST_CA_BUNDLE:$BUILD_MOUNTS/ca-certificates.crt:ro"
         --build-arg "PIP_CERT=$BUILD_MOUNTS/ca-certificates.crt")
     fi
   fi
   say "building $image (target $target, base $BASE_IMAGE)"
-  "${ENGINE_CMD[@]}" "${args[@]}" "$ROOT"
+  "${ENGINE_CMD[@]}" "${args[@]}" "$ROOT" >&2
   say "built $image in $((SECONDS - started)) s"
 }
 
@@ -177,5 +180,6 @@ for target in "${TARGETS[@]}"; do
   image=$OPERATOR_IMAGE
   [[ $target == worker ]] && image=$WORKER_IMAGE
   say "$image: $(size_of "$image")"
+  printf '%s=%s\n' "$target" "$image"
 done
 say "done in $((SECONDS - started)) s"

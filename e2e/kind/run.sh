@@ -6,9 +6,13 @@
 #
 # Environment (all optional):
 #   CARPOOL_KIND_CLUSTER       kind cluster name (default carpool-e2e); must not exist yet
-#   CARPOOL_OPERATOR_IMAGE     operator image, name:tag (default carpool-operator:kind)
-#   CARPOOL_WORKER_IMAGE       worker image, name:tag (default carpool-worker:kind); exported
-#                              to the tests
+#   CARPOOL_OPERATOR_IMAGE     operator image, name:tag (default: the chart's,
+#                              ghcr.io/carpool-dev/carpool-operator:<appVersion>)
+#   CARPOOL_WORKER_IMAGE       worker image, name:tag (default
+#                              ghcr.io/carpool-dev/carpool-worker:<appVersion>); exported to
+#                              the tests
+#   CARPOOL_BASE_IMAGE         Debian 12 image to build on (default: a debootstrap base, which
+#                              needs root and debootstrap; see images/build.sh)
 #   CARPOOL_KIND_NODE_IMAGE    kindest/node image (default: the one of your kind release)
 #   CARPOOL_KIND_PROMETHEUS_IMAGE  Prometheus image (default: the one in prometheus.yaml)
 #   CARPOOL_KIND_GPUS_PER_NODE fake nvidia.com/gpu per worker node (default 2)
@@ -20,9 +24,16 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 
+CRDS="$ROOT/crds"
+CHART="$ROOT/charts/carpool"
+KIND_CONFIG="$HERE/kind-config.yaml"
+PROMETHEUS_MANIFEST="$HERE/prometheus.yaml"
+BUILD_IMAGES="$ROOT/images/build.sh"
+APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$CHART/Chart.yaml")"
+
 CLUSTER="${CARPOOL_KIND_CLUSTER:-carpool-e2e}"
-OPERATOR_IMAGE="${CARPOOL_OPERATOR_IMAGE:-carpool-operator:kind}"
-WORKER_IMAGE="${CARPOOL_WORKER_IMAGE:-carpool-worker:kind}"
+OPERATOR_IMAGE="${CARPOOL_OPERATOR_IMAGE:-ghcr.io/carpool-dev/carpool-operator:$APP_VERSION}"
+WORKER_IMAGE="${CARPOOL_WORKER_IMAGE:-ghcr.io/carpool-dev/carpool-worker:$APP_VERSION}"
 NODE_IMAGE="${CARPOOL_KIND_NODE_IMAGE:-}"
 PROMETHEUS_IMAGE="${CARPOOL_KIND_PROMETHEUS_IMAGE:-}"
 GPUS_PER_NODE="${CARPOOL_KIND_GPUS_PER_NODE:-2}"
@@ -30,20 +41,11 @@ POD_ROUTES="${CARPOOL_KIND_POD_ROUTES:-auto}"
 KEEP="${CARPOOL_KIND_KEEP:-0}"
 PYTHON="${PYTHON:-python3}"
 
-CRDS="$ROOT/crds"
-CHART="$ROOT/charts/carpool"
-KIND_CONFIG="$HERE/kind-config.yaml"
-PROMETHEUS_MANIFEST="$HERE/prometheus.yaml"
-OPERATOR_DOCKERFILE="$HERE/Dockerfile.operator"
-WORKER_DOCKERFILE="$HERE/Dockerfile.worker"
-
 RELEASE=carpool
 RELEASE_NAMESPACE=carpool-system
 PROMETHEUS_NODE_PORT=30090
-APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$CHART/Chart.yaml")"
-# Images that the e2e tests put in spec.worker.image (and the chart's default operator image,
-# which e2e/test_chart.py installs): tagged from the worker image and loaded into the nodes, so
-# the pods those tests create can start. The worker image holds the operator as well.
+# Images that the e2e tests put in spec.worker.image: tagged from the worker image and loaded
+# into the nodes, so the pods those tests create can start.
 WORKER_ALIASES=("ghcr.io/carpool-dev/carpool:$APP_VERSION" "ghcr.io/example/carpool-worker:0.1.0")
 # e2e/test_pods_and_scraping.py runs this image on the GPU nodes.
 EXTRA_IMAGES=("python:3.11-slim")
@@ -120,10 +122,10 @@ start_background() {
 
 # -- images --------------------------------------------------------------------------------
 
-say "building $OPERATOR_IMAGE and $WORKER_IMAGE"
-export DOCKER_BUILDKIT=1 # for the per-Dockerfile .dockerignore files beside the Dockerfiles
-docker build -f "$OPERATOR_DOCKERFILE" -t "$OPERATOR_IMAGE" "$ROOT"
-docker build -f "$WORKER_DOCKERFILE" -t "$WORKER_IMAGE" "$ROOT"
+say "building $OPERATOR_IMAGE and $WORKER_IMAGE (images/build.sh with Docker)"
+export DOCKER_BUILDKIT=1 # for images/Containerfile.dockerignore beside the Containerfile
+CARPOOL_IMAGE_ENGINE=docker CARPOOL_OPERATOR_IMAGE="$OPERATOR_IMAGE" \
+  CARPOOL_WORKER_IMAGE="$WORKER_IMAGE" "$BUILD_IMAGES" >/dev/null
 for alias in "${WORKER_ALIASES[@]}"; do
   docker tag "$WORKER_IMAGE" "$alias"
 done
