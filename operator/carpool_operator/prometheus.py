@@ -121,6 +121,7 @@ def queries(window: str) -> dict[str, str]:
         ),
         "queue_wait_p95_seconds": p95("carpool_queue_wait_seconds"),
         "ttft_p95_seconds": p95("carpool_time_to_first_token_seconds"),
+        "service_time_p95_seconds": p95("carpool_service_time_seconds"),
         "waiting": f"sum by ({BY}) (carpool_requests_waiting)",
         "running": f"sum by ({BY}) (carpool_requests_running)",
         "rejected_rate_per_second": rejected,

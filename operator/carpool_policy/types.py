@@ -108,7 +108,9 @@ class EndpointObservation:
     arrival_rate_per_second: float | None = None
     mean_prompt_tokens: float | None = None
     mean_generated_tokens: float | None = None
-    queue_wait_p95_seconds: float | None = None
+    queue_wait_p95_seconds: float | None = None  # arrival to admission: what scaling changes
+    # admission to first token (own prefill and first step): what scaling does not change
+    service_time_p95_seconds: float | None = None
     ttft_p95_seconds: float | None = None
     waiting: float | None = None  # carpool_requests_waiting, summed over pods
     running: float | None = None  # carpool_requests_running, summed over pods

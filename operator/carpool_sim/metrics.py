@@ -5,8 +5,9 @@ Contract:
   each request's queue wait and TTFT (NaN until known) for the final report, and the cumulative
   counters and histograms a worker exports (`carpool_requests_total{outcome}`,
   `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
-  `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`), summed over the pool's
-  pods, for the simulated Prometheus to scrape.
+  `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`,
+  `carpool_service_time_seconds`: admission to first token), summed over the pool's pods, for
+  the simulated Prometheus to scrape.
 - Histogram buckets are `BUCKETS` (upper bounds in seconds, +Inf implied), the worker's.
 """
 
@@ -47,6 +48,7 @@ class EndpointSeries:
     generated_tokens: float = 0.0
     queue_wait: Histogram = field(default_factory=Histogram)
     ttft: Histogram = field(default_factory=Histogram)
+    service_time: Histogram = field(default_factory=Histogram)
 
     def copy(self) -> EndpointSeries:
         return EndpointSeries(
@@ -55,6 +57,7 @@ class EndpointSeries:
             self.generated_tokens,
             self.queue_wait.copy(),
             self.ttft.copy(),
+            self.service_time.copy(),
         )
 
 
@@ -85,9 +88,12 @@ class RunRecorder:
         series.prompt_tokens += request.prompt_tokens
 
     def first_token(self, request: Request, now: float) -> None:
+        i = self.index[id(request)]
         ttft = now - request.arrival_seconds
-        self.ttft[self.index[id(request)]] = ttft
-        self._series(request.endpoint).ttft.observe(ttft)
+        self.ttft[i] = ttft
+        series = self._series(request.endpoint)
+        series.ttft.observe(ttft)
+        series.service_time.observe(ttft - self.queue_wait[i])
         self.first_tokens.append((now, ttft, request.endpoint))
 
     def finished(self, request: Request, now: float) -> None:

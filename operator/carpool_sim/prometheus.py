@@ -8,7 +8,8 @@ Contract:
 - `histogram_quantile(q, counts)` interpolates linearly inside the bucket as Prometheus does,
   returns the largest finite bound when the quantile falls in +Inf, and None for no samples.
 - `observation(...)` builds the policy's `Observation` the way the operator does from PromQL:
-  per endpoint, rates over the window, p95s from histogram increases over the window, gauges
+  per endpoint, rates over the window, p95s (queue wait, service time, TTFT) from histogram
+  increases over the window, gauges
   from the newest scrape.
 """
 
@@ -79,6 +80,9 @@ def endpoint_observation(
             quantile, b.queue_wait.counts - a.queue_wait.counts
         ),
         ttft_p95_seconds=histogram_quantile(quantile, b.ttft.counts - a.ttft.counts),
+        service_time_p95_seconds=histogram_quantile(
+            quantile, b.service_time.counts - a.service_time.counts
+        ),
         waiting=float(newest.waiting.get(name, 0)),
         running=float(newest.running.get(name, 0)),
         rejected_rate_per_second=rejected / span,

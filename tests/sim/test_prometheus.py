@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carpool_sim.metrics import BUCKETS, EndpointSeries
+from carpool_sim.metrics import BUCKETS, EndpointSeries, RunRecorder
 from carpool_sim.prometheus import Prometheus, Sample, histogram_quantile, observation
+from carpool_sim.trace import Request
 
 
 def counts_at(*values: float) -> np.ndarray:
@@ -65,3 +66,25 @@ def test_no_window_yet_means_no_sample():
     prometheus = Prometheus()
     prometheus.scrape(Sample(0.0, {}))
     assert observation(prometheus, 5.0, 60.0, ["chat"], 1, 1, {}).sampled_at is None
+
+
+def test_service_time_p95_comes_from_its_own_histogram():
+    prometheus = Prometheus()
+    prometheus.scrape(Sample(0.0, {"chat": series(0, 0, [])}))
+    later = series(100, 0, [BUCKETS[30]] * 100)
+    later.service_time.counts = counts_at(*([BUCKETS[10]] * 100))
+    prometheus.scrape(Sample(60.0, {"chat": later}))
+    chat = observation(prometheus, 60.0, 60.0, ["chat"], 1, 1, {}).endpoints["chat"]
+    assert BUCKETS[9] < chat.service_time_p95_seconds <= BUCKETS[10]
+    assert chat.ttft_p95_seconds > BUCKETS[29]
+
+
+def test_the_recorder_splits_ttft_into_queue_wait_and_service_time():
+    request = Request(arrival_seconds=1.0, endpoint="chat", prompt_tokens=10, output_tokens=5)
+    recorder = RunRecorder([request])
+    recorder.admitted(request, 1.5)
+    recorder.first_token(request, 1.7)
+    series = recorder.series["chat"]
+    assert series.queue_wait.total == pytest.approx(0.5)
+    assert series.service_time.total == pytest.approx(0.2)
+    assert series.ttft.total == pytest.approx(0.7)

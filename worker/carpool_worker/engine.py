@@ -203,6 +203,8 @@ class Engine:
         last = self._last_token_at.get(req.id)
         if last is None:
             m.ttft.labels(req.endpoint).observe(now - req.arrival)
+            admitted = req.arrival if req.admitted_at is None else req.admitted_at
+            m.service_time.labels(req.endpoint).observe(now - admitted)
         else:
             m.inter_token.labels(req.endpoint).observe(now - last)
         self._last_token_at[req.id] = now

@@ -41,6 +41,11 @@ class WorkerMetrics:
             "carpool_queue_wait_seconds", "Arrival to admission into the running batch."
         )
         self.ttft = hist("carpool_time_to_first_token_seconds", "Arrival to the first token.")
+        # TTFT = queue wait + service time; replicas and limits change only the queue wait.
+        self.service_time = hist(
+            "carpool_service_time_seconds",
+            "Admission into the running batch to the first token (own prefill and first step).",
+        )
         self.inter_token = hist(
             "carpool_inter_token_latency_seconds", "Time between two tokens of one request."
         )
@@ -137,6 +142,7 @@ class WorkerMetrics:
             for per_endpoint in (
                 self.queue_wait,
                 self.ttft,
+                self.service_time,
                 self.inter_token,
                 self.duration,
                 self.generated_tokens,
