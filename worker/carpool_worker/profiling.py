@@ -83,27 +83,28 @@ def _chunk(runner, slot: int, chunk: int, offset: int) -> tuple[Request, int, in
     return req, offset, chunk
 
 
-def step_seconds(runner, make_step, reps: int = 5) -> float:
-    """Median seconds of ``runner.execute(make_step())`` after one warm-up run."""
+def step_seconds(runner, make_step, reps: int = 9, warmups: int = 2) -> float:
+    """Median seconds of ``runner.execute(make_step())`` after ``warmups`` runs. Nine runs: a
+    single point measured from five once came out twice its neighbours on an H200."""
     times = []
-    for i in range(reps + 1):
+    for i in range(warmups + reps):
         step = make_step()
         sync(runner.device)
         start = time.perf_counter()
         runner.execute(step)
         sync(runner.device)
-        if i:
+        if i >= warmups:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def chunk_seconds(runner, chunk: int, offset: int, reps: int = 5) -> float:
+def chunk_seconds(runner, chunk: int, offset: int, reps: int = 9) -> float:
     """One engine step that prefills ``chunk`` prompt tokens starting ``offset`` into the
     prompt (the first ``offset`` tokens already cached), and nothing else."""
     return step_seconds(runner, lambda: Step(prefill=[_chunk(runner, 0, chunk, offset)]), reps)
 
 
-def mixed_seconds(runner, batch: int, context: int, chunk: int, offset: int, reps: int = 5):
+def mixed_seconds(runner, batch: int, context: int, chunk: int, offset: int, reps: int = 9):
     """One engine step that decodes ``batch`` sequences at ``context`` tokens and prefills a
     ``chunk`` at ``offset`` for one more sequence."""
 
