@@ -14,9 +14,11 @@ profile and the queueing formulas in `queueing`. Its picture of one replica (one
 - A request also waits for a free slot of its endpoint's `maxBatchSize` (Erlang C).
 - A throughput class (no SLA) with requests waiting fills all its slots.
 
-The p-quantile TTFT is the queue and slot waits (times the endpoint's feedback correction) and
-the own prefill, combined, plus one step and the batch window. The floor is the same without
-the waits: what no number of replicas can improve on.
+The p-quantile TTFT is the queue and slot waits and the own prefill, combined, plus one step
+and the batch window. The floor is the same without the waits: the service time, which no
+number of replicas improves on. An SLA endpoint's target is on the queueing alone
+(`queue_target`): the planned-quantile TTFT above the floor, plus the batch window, within
+`headroom` of its queue budget.
 """
 
 from __future__ import annotations
@@ -47,13 +49,19 @@ class EndpointLoad:
     arrival_rate: float  # requests per second
     prompt_tokens: float
     generated_tokens: float
-    budget_seconds: float | None  # p95 TTFT budget; None for a throughput class
-    correction: float = 1.0  # measured / predicted, from feedback
+    budget_seconds: float | None  # p95 TTFT budget
+    # p95 queue-wait budget: given in the spec or the TTFT budget less the measured service
+    # time; None (with a TTFT budget) when neither is known, and the model's floor stands in.
+    queue_budget_seconds: float | None = None
     backlogged: bool = False  # requests are waiting (only matters for throughput classes)
 
     @property
+    def has_sla(self) -> bool:
+        return self.budget_seconds is not None or self.queue_budget_seconds is not None
+
+    @property
     def fills_slots(self) -> bool:
-        return self.budget_seconds is None and self.backlogged
+        return not self.has_sla and self.backlogged
 
 
 @dataclass(frozen=True)
@@ -190,10 +198,10 @@ def meets_targets(
         return False
     for load in loads:
         predicted = result.endpoints[load.name]
-        if load.budget_seconds is not None:
-            if predicted.ttft_planned_seconds > planning_target(
-                load.budget_seconds, predicted.floor_planned_seconds, headroom
-            ):
+        if load.has_sla:
+            window = limits[load.name].batch_window_milliseconds / 1000.0
+            target = queue_target(load, predicted, headroom, window)
+            if planned_queueing(predicted, window) > target:
                 return False
         elif not load.fills_slots and load.arrival_rate > 0:
             # Demand must fit under the slot limit with room to spare.
@@ -221,8 +229,8 @@ def _ttft(
     tuning: Tuning,
     queueing: bool = True,
 ) -> float:
-    """The `quantile` TTFT: queue and slot waits (scaled by the feedback correction) and the
-    own prefill combined, plus the fixed part. Without `queueing`, the floor no scaling beats."""
+    """The `quantile` TTFT: queue and slot waits and the own prefill combined, plus the fixed
+    part. Without `queueing`, the floor no scaling beats."""
     if load.fills_slots:
         return math.inf  # a backlog: its wait is the backlog, not a model output
     own_prefill = profile.prefill_seconds(load.prompt_tokens)
@@ -233,18 +241,28 @@ def _ttft(
     if queueing:
         queue = exponential_tail_quantile(waits.mean_queue, waits.busy, quantile)
         slot = slot_wait_quantile(waits.slots, waits.offered_slots, waits.in_batch, quantile)
-        parts += [
-            (load.correction * waits.mean_queue, load.correction * queue),
-            (0.0, load.correction * slot),
-        ]
+        parts += [(waits.mean_queue, queue), (0.0, slot)]
     return combine_quantiles(parts) + waits.fixed
 
 
-def planning_target(budget: float, floor: float, headroom: float) -> float:
-    """The planned-quantile TTFT to plan for: `headroom` of the budget; when even the floor
-    exceeds that, the floor plus the budget's remaining share, so that scaling still bounds
-    the queueing instead of chasing an unreachable number."""
-    return max(headroom * budget, floor + (1.0 - headroom) * budget)
+def planned_queueing(predicted: EndpointForecast, window_seconds: float) -> float:
+    """The planned-quantile queue wait: TTFT above the service-time floor, plus the batch
+    window (a request gathering for a batch waits in the queue; the floor holds the window)."""
+    return predicted.ttft_planned_seconds - predicted.floor_planned_seconds + window_seconds
+
+
+def queue_target(
+    load: EndpointLoad, predicted: EndpointForecast, headroom: float, window_seconds: float
+) -> float:
+    """The planned queue wait allowed: `headroom` of the queue budget. Without a known queue
+    budget, the TTFT budget less the model's own service-time floor; when that floor alone
+    exceeds the budget's headroom, the budget's remaining share, so that scaling bounds the
+    queueing instead of chasing an unreachable number."""
+    if load.queue_budget_seconds is not None:
+        return headroom * load.queue_budget_seconds
+    budget = load.budget_seconds or 0.0
+    service = predicted.floor_planned_seconds - window_seconds
+    return max(headroom * budget - service, (1.0 - headroom) * budget)
 
 
 def _mean_context(loads: Sequence[EndpointLoad], running: Mapping[str, float]) -> float:

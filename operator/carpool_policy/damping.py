@@ -28,6 +28,7 @@ class Damped:
     recommendation: int
     history: tuple[tuple[float, int], ...]
     note: str  # why `replicas` differs from `recommendation`; empty when it does not
+    rules: tuple[str, ...] = ()  # the damping rule that held it back (explain.RULES)
 
 
 def damp(
@@ -51,8 +52,10 @@ def damp(
     if recommendation > current:
         step = spec.scaling.max_scale_up_step
         replicas = min(recommendation, current + step)
-        note = f"scale-up limited to {step} per decision" if replicas < recommendation else ""
-        return Damped(replicas, recommendation, kept, note)
+        if replicas < recommendation:
+            note = f"scale-up limited to {step} per decision"
+            return Damped(replicas, recommendation, kept, note, ("scale_up_step",))
+        return Damped(replicas, recommendation, kept, "")
     if recommendation == current:
         return Damped(current, recommendation, kept, "")
 
@@ -62,22 +65,24 @@ def damp(
             f"scale-down to {recommendation} waits for {window} s of recommendations "
             f"(have {now - oldest:.0f} s)"
         )
-        return Damped(current, recommendation, kept, note)
+        return Damped(current, recommendation, kept, note, ("stabilizing",))
     in_window = [r for t, r in kept if t >= now - window]
     stabilized = max(in_window)
     if stabilized >= current:
         note = f"stabilizing: {stabilized} recommended within the last {window} s"
-        return Damped(current, recommendation, kept, note)
+        return Damped(current, recommendation, kept, note, ("stabilizing",))
     largest_step = max(1, math.floor(current * tuning.max_scale_down_fraction))
     replicas = max(stabilized, current - largest_step)
-    note = ""
-    if replicas > recommendation:
-        note = f"scale-down to {replicas}, not {recommendation}: " + (
-            f"at most {largest_step} per decision"
-            if replicas == current - largest_step
-            else f"{stabilized} recommended within the last {window} s"
-        )
-    return Damped(replicas, recommendation, kept, note)
+    if replicas <= recommendation:
+        return Damped(replicas, recommendation, kept, "")
+    bounded = replicas == current - largest_step
+    note = f"scale-down to {replicas}, not {recommendation}: " + (
+        f"at most {largest_step} per decision"
+        if bounded
+        else f"{stabilized} recommended within the last {window} s"
+    )
+    rule = "scale_down_step" if bounded else "stabilizing"
+    return Damped(replicas, recommendation, kept, note, (rule,))
 
 
 def _window(

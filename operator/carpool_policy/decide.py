@@ -1,33 +1,37 @@
-"""`decide()`: one control step of the pool's scaling policy.
+"""`decide()`: one control step of the pool's scaling policy, as one pipeline.
 
 Contract: `decide(observation, spec, state, now, profile=None, tuning=DEFAULT_TUNING)` is a pure
 function of its arguments and never raises on an observation. Its `Decision`:
 - has replicas in [spec.min_replicas, spec.max_replicas] and every endpoint's limits inside
   that endpoint's bounds, for every input;
 - holds replicas and limits when metrics are unavailable, stale or empty
-  (`MetricsAvailable=False`), and never scales down while any endpoint's arrival rate is missing;
+  (`MetricsAvailable=False`), and never scales down on a missing series;
 - adds no replicas while pods are Pending for lack of GPUs (`CapacityLimited=True`), shrinking
   the lower-priority endpoints' batch share instead;
-- in `Recommend` and `Manual` modes applies nothing (`recommended_replicas` says what Auto would);
-- works from feedback alone (measured p95 TTFT against the budget) when `profile` is None.
-The steps: signals (feedback) -> plan (planner) -> damping -> safety -> explanation (explain).
+- in `Recommend` and `Manual` modes applies nothing (`recommended_replicas` and
+  `recommended_limits` say what Auto would set);
+- works from measured queue delay alone when `profile` is None.
+
+The stages, one module each:
+
+    estimate  rates, token means, queue-wait and service-time p95s, queue budgets (estimate)
+    plan      the model: fewest replicas + limits whose predicted queue wait fits (planner)
+    guard     measured queue delay overrides the model (guard)
+    damp      fast up, stabilized down, bounded steps (damping)
+    explain   conditions and a reason naming every rule that acted (explain)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from carpool_policy.capacity import EndpointLoad, forecast
+from carpool_policy.capacity import EndpointLoad
 from carpool_policy.damping import damp
+from carpool_policy.estimate import Estimate, estimate
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for, stale_after
-from carpool_policy.feedback import (
-    planned_load,
-    protect_missing_endpoints,
-    updated_correction,
-    violation_floor,
-)
-from carpool_policy.learned import learned_floor, record_breaches
+from carpool_policy.guard import guard, measured_ratio
 from carpool_policy.planner import Plan, limits_at, most_favourable_limits, plan
 from carpool_replica.profile import Profile
 from carpool_policy.state import PolicyState
@@ -50,13 +54,24 @@ class Step:
     current: int
     replicas: int
     recommended: int
-    needed: int  # what the targets need before damping, uncapped by max
-    loads: tuple[EndpointLoad, ...]
-    observed_rates: dict[str, float]
+    needed: int  # what the model and the guard need before damping, uncapped by max
+    estimates: Mapping[str, Estimate]
+    rules: tuple[str, ...]  # every rule that changed the outcome, in the order they acted
     damping_note: str
     plan: Plan | None
     capacity_limited: bool
-    missing_rates: tuple[str, ...]
+
+    @property
+    def loads(self) -> tuple[EndpointLoad, ...]:
+        return tuple(e.load for e in self.estimates.values())
+
+    @property
+    def missing_rates(self) -> tuple[str, ...]:
+        return tuple(name for name, e in self.estimates.items() if e.rate_missing)
+
+    @property
+    def unreachable(self) -> tuple[str, ...]:
+        return tuple(name for name, e in self.estimates.items() if e.unreachable)
 
 
 def decide(
@@ -72,80 +87,33 @@ def decide(
     held = held_limits(observation, spec)
     problem = metrics_problem(observation, spec, now, tuning)
     if problem is not None:
-        replicas = spec.replicas.clamp(current)
-        return Decision(
-            replicas=replicas,
-            limits=held,
-            conditions=conditions_for(spec, observation, problem, None),
-            reason=f"holding {replicas} replicas and the limits in force: {problem[1]}",
-            changed=_changed(observation, replicas, held),
-            state=state,
-            recommended_replicas=replicas,
-            predicted_ttft_p95_seconds={e.name: None for e in spec.endpoints},
-        )
+        return _hold(observation, spec, state, current, held, problem)
 
-    corrections = dict(state.corrections)
-    if profile is not None:
-        corrections.update(_learned_corrections(observation, spec, state, profile, tuning))
-    elapsed = None if state.last_observed_at is None else now - state.last_observed_at
-    fresh_history = elapsed is not None and 0 < elapsed <= stale_after(spec, tuning)
-    signals = {
-        e.name: planned_load(
-            e,
-            observation.endpoints.get(e.name) or _EMPTY,
-            state.arrival_rates.get(e.name) if fresh_history else None,
-            elapsed if fresh_history else None,
-            state.token_means.get(e.name),
-            corrections.get(e.name, 1.0),
-            tuning,
-        )
-        for e in spec.endpoints
-    }
-    loads = tuple(s.load for s in signals.values())
-    missing = tuple(
-        e.name
-        for e in spec.endpoints
-        if (observation.endpoints.get(e.name) or _EMPTY).arrival_rate_per_second is None
-    )
+    estimates = _estimate(observation, spec, state, now, tuning)
+    loads = tuple(e.load for e in estimates.values())
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
-
-    up_plan: Plan | None = None
     if profile is not None:
-        up_plan = plan(
-            loads, spec, profile, tuning, tuning.budget_headroom, lowest, spec.max_replicas
-        )
-        needed = up_plan.replicas if up_plan.fits else spec.max_replicas + 1
-        up = up_plan.replicas
-        down = up
-        if up < current:
-            down_plan = plan(
-                loads, spec, profile, tuning, tuning.scale_down_headroom, lowest, spec.max_replicas
-            )
-            down = max(up, down_plan.replicas)
+        highest = spec.max_replicas
+        up_plan = plan(loads, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
+        up, down = _model_counts(up_plan, loads, spec, profile, tuning, current, lowest)
     else:
-        up, down = _feedback_only(observation, spec, current, lowest, tuning)
-        needed = up
-    if observation.ready_replicas >= current:  # pods still starting are not a measured miss
-        floor = max(
-            (
-                violation_floor(e, observation.endpoints.get(e.name) or _EMPTY, current, tuning)
-                for e in spec.endpoints
-            ),
-            default=0,
-        )
-        up, down, needed = max(up, floor), max(down, floor), max(needed, floor)
-    breaches = record_breaches(state.breaches, observation, spec, now, tuning.breach_memory_seconds)
-    # Never scale down onto a per-replica load that was measured to miss the SLA.
-    down = max(down, min(current, learned_floor(breaches, observation, spec, tuning.breach_margin)))
-    if missing:  # a missing series is never read as zero: no scale-down
-        down = max(down, current)
+        up_plan = None
+        up, down = _measured_counts(estimates, observation, current, lowest, tuning)
+    guarded = guard(up, down, current, estimates, observation, tuning)
+    needed = guarded.up
+    if up_plan is not None and not up_plan.fits:
+        needed = max(needed, spec.max_replicas + 1)
 
-    damped = damp(up, down, current, spec, state.recommendations, now, tuning)
+    damped = damp(guarded.up, guarded.down, current, spec, state.recommendations, now, tuning)
+    rules = list(guarded.rules) + list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
-    if capacity_limited:
-        replicas = min(replicas, current)  # more pods would not schedule either
+    if capacity_limited and replicas > current:
+        replicas = current  # more pods would not schedule either
+        rules.append("capacity_limited")
+    if replicas > spec.max_replicas:
+        rules.append("max_replicas")
     replicas = spec.replicas.clamp(replicas)
     recommended = spec.replicas.clamp(damped.recommendation)
 
@@ -153,42 +121,113 @@ def decide(
         observation, spec, loads, replicas, capacity_limited, profile, tuning, held, up_plan
     )
     if replicas >= spec.max_replicas or capacity_limited:
-        limits = protect_missing_endpoints(limits, spec, observation, tuning)
+        limits = _protect_breached(limits, spec, guarded.breached)
     limits = _settled(limits, held, spec)
+    if any(e.unreachable for e in estimates.values()):
+        rules.append("sla_unreachable")
+    recommended_limits = limits
     if spec.scaling.mode != "Auto":
         replicas, limits = spec.replicas.clamp(current), held
+        rules.append("not_auto")
     step = Step(
         current=current,
         replicas=replicas,
         recommended=recommended,
         needed=needed,
-        loads=loads,
-        observed_rates={n: s.observed_rate for n, s in signals.items()},
+        estimates=estimates,
+        rules=tuple(dict.fromkeys(rules)),
         damping_note=damped.note,
         plan=chosen_plan,
         capacity_limited=capacity_limited,
-        missing_rates=missing,
     )
     new_state = PolicyState(
         recommendations=damped.history,
         last_scale_up_at=now if replicas > current else state.last_scale_up_at,
         last_scale_down_at=now if replicas < current else state.last_scale_down_at,
         last_observed_at=now,
-        arrival_rates={n: s.observed_rate for n, s in signals.items()},
-        corrections=corrections,
+        arrival_rates={n: e.observed_rate for n, e in estimates.items()},
         token_means={load.name: (load.prompt_tokens, load.generated_tokens) for load in loads},
-        breaches=breaches,
     )
     return Decision(
         replicas=replicas,
         limits=limits,
         conditions=conditions_for(spec, observation, None, step),
-        reason=reason_for(spec, step, limits, held, tuning),
+        reason=reason_for(spec, step, recommended_limits, held, tuning),
         changed=_changed(observation, replicas, limits),
         state=new_state,
         recommended_replicas=recommended,
         predicted_ttft_p95_seconds=predicted,
+        recommended_limits=recommended_limits,
+        rules=step.rules,
     )
+
+
+def _hold(observation, spec, state, current, held, problem) -> Decision:
+    """Metrics cannot be acted on: hold replicas and the limits in force, and say why."""
+    replicas = spec.replicas.clamp(current)
+    return Decision(
+        replicas=replicas,
+        limits=held,
+        conditions=conditions_for(spec, observation, problem, None),
+        reason=f"holding {replicas} replicas and the limits in force: {problem[1]}",
+        changed=_changed(observation, replicas, held),
+        state=state,
+        recommended_replicas=replicas,
+        predicted_ttft_p95_seconds={e.name: None for e in spec.endpoints},
+        recommended_limits=held,
+        rules=("metrics_unavailable",),
+    )
+
+
+def _estimate(observation, spec, state, now, tuning) -> dict[str, Estimate]:
+    elapsed = None if state.last_observed_at is None else now - state.last_observed_at
+    fresh = elapsed is not None and 0 < elapsed <= stale_after(spec, tuning)
+    return {
+        e.name: estimate(
+            e,
+            observation.endpoints.get(e.name) or _EMPTY,
+            state.arrival_rates.get(e.name) if fresh else None,
+            elapsed if fresh else None,
+            state.token_means.get(e.name),
+            tuning,
+        )
+        for e in spec.endpoints
+    }
+
+
+def _model_counts(up_plan, loads, spec, profile, tuning, current, lowest) -> tuple[int, int]:
+    """The model's scale-up count, and the count a tighter target needs (for scale-down)."""
+    up = up_plan.replicas if up_plan.fits else spec.max_replicas
+    if up >= current:
+        return up, up
+    down_plan = plan(
+        loads, spec, profile, tuning, tuning.scale_down_headroom, lowest, spec.max_replicas
+    )
+    return up, max(up, down_plan.replicas)
+
+
+def _measured_counts(estimates, observation, current, lowest, tuning) -> tuple[int, int]:
+    """Without a profile: HPA's ratio rule on the measured queue delay over its budget (the
+    guard's `measured_ratio`), up at `budget_headroom`, down at `scale_down_headroom`."""
+    ratios = []
+    for name, e in estimates.items():
+        if not e.load.has_sla or e.observed_rate <= 0:
+            continue
+        ratio = measured_ratio(e, observation.endpoints.get(name) or _EMPTY)
+        if ratio is None:
+            return current, current  # traffic but no latency yet: hold
+        ratios.append(ratio)
+    if not ratios:
+        idle = all(
+            e.observed_rate == 0 and not e.rate_missing and not e.load.backlogged
+            for e in estimates.values()
+        )
+        return (lowest, lowest) if idle else (current, current)
+    worst = max(ratios)
+    base = max(current, 1)
+    up = math.ceil(base * worst / tuning.budget_headroom) if worst > tuning.budget_headroom else 0
+    down = max(lowest, math.ceil(base * worst / tuning.scale_down_headroom))
+    return max(up, lowest), down
 
 
 def held_limits(observation: Observation, spec: PoolSpec) -> dict[str, EndpointLimits]:
@@ -240,57 +279,21 @@ def _limits(observation, spec, loads, replicas, capacity_limited, profile, tunin
     return dict(chosen.limits), predicted, chosen
 
 
-def _learned_corrections(observation, spec, state, profile, tuning) -> dict[str, float]:
-    """Update each SLA endpoint's correction from a steady interval: measured p95 TTFT against
-    the model's p95 for the replicas, limits and traffic that produced it."""
-    ready = observation.ready_replicas
-    if ready <= 0 or ready < observation.desired_replicas or not observation.limits:
-        return {}
-    held = held_limits(observation, spec)
-    loads = []
-    for e in spec.endpoints:
-        seen = observation.endpoints.get(e.name) or _EMPTY
-        signal = planned_load(e, seen, None, None, state.token_means.get(e.name), 1.0, tuning)
-        loads.append(signal.load)
-    result = forecast(loads, held, ready, profile, tuning)
-    updated = {}
-    for e in spec.endpoints:
-        seen = observation.endpoints.get(e.name) or _EMPTY
-        rate = seen.arrival_rate_per_second or 0.0
-        if not e.has_sla or seen.ttft_p95_seconds is None or rate < tuning.min_feedback_rate:
-            continue
-        updated[e.name] = updated_correction(
-            state.corrections.get(e.name, 1.0),
-            seen.ttft_p95_seconds,
-            result.endpoints[e.name].ttft_p95_seconds,
-            result.endpoints[e.name].floor_p95_seconds,
-            tuning,
-        )
-    return updated
-
-
-def _feedback_only(observation, spec, current, lowest, tuning) -> tuple[int, int]:
-    """Without a profile: HPA's ratio rule on measured p95 TTFT over the planned budget."""
-    ratios = []
-    for e in spec.endpoints:
-        seen = observation.endpoints.get(e.name) or _EMPTY
-        if not e.has_sla or (seen.arrival_rate_per_second or 0.0) <= 0:
-            continue
-        if seen.ttft_p95_seconds is None:
-            return current, current  # traffic but no latency yet: hold
-        ratios.append(seen.ttft_p95_seconds / e.ttft_p95_seconds)
-    if not ratios:
-        idle = all(
-            (seen := observation.endpoints.get(e.name) or _EMPTY).arrival_rate_per_second == 0
-            and not (seen.waiting or 0)
-            for e in spec.endpoints
-        )
-        return (lowest, lowest) if idle else (current, current)
-    worst = max(ratios)
-    base = max(current, 1)
-    up = math.ceil(base * worst / tuning.budget_headroom) if worst > tuning.budget_headroom else 0
-    down = max(lowest, math.ceil(base * worst / tuning.scale_down_headroom))
-    return max(up, lowest), down
+def _protect_breached(
+    limits: Mapping[str, EndpointLimits], spec: PoolSpec, breached: tuple[str, ...]
+) -> dict[str, EndpointLimits]:
+    """When the pool cannot grow, give way to the endpoints measured over their queue budget:
+    every endpoint of lower priority drops to its smallest batch and shortest window, whatever
+    the model predicted (the measurement wins over a model that may be optimistic)."""
+    if not breached:
+        return dict(limits)
+    protected = max(e.priority for e in spec.endpoints if e.name in breached)
+    return {
+        e.name: EndpointLimits(e.max_batch_size.min, e.batch_window_milliseconds.min)
+        if e.priority < protected
+        else limits[e.name]
+        for e in spec.endpoints
+    }
 
 
 def _settled(

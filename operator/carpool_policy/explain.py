@@ -1,10 +1,12 @@
 """Explanations: the metrics check, the status conditions and the reason a person reads.
 
 Contract: `metrics_problem()` says whether the observation may be acted on at all, as
-(condition reason, message) or None. `conditions_for()` returns MetricsAvailable, SLAMet and
-CapacityLimited, always all three, in that order. `reason_for()` is one line with the numbers
-behind the decision (rates, token lengths, predicted and measured TTFT against budgets, what
-damping or capacity held back, which limits changed); the operator uses it as the Event message.
+(condition reason, message) or None. `conditions_for()` returns MetricsAvailable, SLAMet,
+SLAReachable and CapacityLimited, always all four, in that order. `reason_for()` is one line
+with the numbers behind the decision (rates, token lengths, measured queue wait and service time
+against the queue budget, the model's need, what damping or capacity held back, which limits
+changed) and ends with `rules: ...`, every rule of `RULES` that changed the outcome; the
+operator uses it as the Event message.
 """
 
 from __future__ import annotations
@@ -13,10 +15,34 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from carpool_policy.tuning import Tuning
-from carpool_policy.types import Condition, EndpointLimits, Observation, PoolSpec
+from carpool_policy.types import (
+    Condition,
+    EndpointLimits,
+    EndpointObservation,
+    Observation,
+    PoolSpec,
+)
 
 if TYPE_CHECKING:
     from carpool_policy.decide import Step
+
+# Every rule that can change a decision's outcome, by the name the reason and the operator's
+# `carpool_control_decisions_total{reason}` label use (carpool_operator.control_metrics).
+RULES = (
+    "metrics_unavailable",  # Prometheus down, no samples or stale: hold everything
+    "series_missing",  # an endpoint's arrival rate is missing: no scale-down
+    "queue_wait_missing",  # an SLA endpoint has traffic but no queue-wait p95: no scale-down
+    "queue_breach",  # measured queue-wait p95 over its budget: scale up, whatever the model says
+    "queue_within_budget",  # measured queue well inside its budget: the model may not scale up
+    "queue_not_low",  # measured queue above the scale-down fraction: no scale-down
+    "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
+    "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
+    "stabilizing",  # scale-down held by the stabilization window
+    "scale_down_step",  # scale-down bounded to a quarter of the replicas per decision
+    "capacity_limited",  # pods Pending for lack of GPUs: no more added
+    "max_replicas",  # the model or the guard asks for more than replicas.max
+    "not_auto",  # Recommend or Manual mode: nothing applied
+)
 
 
 def stale_after(spec: PoolSpec, tuning: Tuning) -> float:
@@ -61,7 +87,31 @@ def conditions_for(
         )
     else:
         metrics = Condition("MetricsAvailable", "True", "MetricsFresh", "all series present")
-    return (metrics, _sla_condition(spec, observation, problem), _capacity(spec, observation, step))
+    return (
+        metrics,
+        _sla_condition(spec, observation, problem),
+        _reachable(step),
+        _capacity(spec, observation, step),
+    )
+
+
+def _reachable(step: Step | None) -> Condition:
+    """SLAReachable: False when an endpoint's measured service time alone (own prefill and
+    first step, which no replica count shortens) exceeds its TTFT budget."""
+    if step is None:
+        return Condition("SLAReachable", "Unknown", "NoMeasurements", "metrics unavailable")
+    broken = [
+        f"{name} service-time p95 {_ms(e.service_time_p95 or 0.0)} alone exceeds its TTFT "
+        f"budget {_ms(e.load.budget_seconds or 0.0)}; sizing for a queue wait of "
+        f"{_ms(e.queue_budget or 0.0)}"
+        for name, e in step.estimates.items()
+        if e.unreachable
+    ]
+    if broken:
+        return Condition("SLAReachable", "False", "ServiceTimeExceedsBudget", "; ".join(broken))
+    return Condition(
+        "SLAReachable", "True", "QueueBudgetPositive", "every TTFT budget exceeds its service time"
+    )
 
 
 def _sla_condition(
@@ -69,19 +119,23 @@ def _sla_condition(
 ) -> Condition:
     with_sla = [e for e in spec.endpoints if e.has_sla]
     if not with_sla:
-        return Condition("SLAMet", "True", "NoSLA", "no endpoint has a TTFT SLA")
+        return Condition("SLAMet", "True", "NoSLA", "no endpoint has an SLA")
     if problem is not None:
         return Condition("SLAMet", "Unknown", "NoMeasurements", "metrics unavailable")
     missed, met = [], []
     for e in with_sla:
-        seen = observation.endpoints.get(e.name)
-        if seen is None or seen.ttft_p95_seconds is None:
-            continue
-        text = f"{e.name} p95 TTFT {_ms(seen.ttft_p95_seconds)}"
-        if seen.ttft_p95_seconds > e.ttft_p95_seconds:
-            missed.append(f"{text} > {_ms(e.ttft_p95_seconds)}")
-        else:
-            met.append(f"{text} <= {_ms(e.ttft_p95_seconds)}")
+        seen = observation.endpoints.get(e.name) or EndpointObservation()
+        for label, measured, budget in (
+            ("TTFT", seen.ttft_p95_seconds, e.ttft_p95_seconds),
+            ("queue wait", seen.queue_wait_p95_seconds, e.queue_wait_p95_seconds),
+        ):
+            if measured is None or budget is None:
+                continue
+            text = f"{e.name} p95 {label} {_ms(measured)}"
+            if measured > budget:
+                missed.append(f"{text} > {_ms(budget)}")
+            else:
+                met.append(f"{text} <= {_ms(budget)}")
     if missed:
         return Condition("SLAMet", "False", "BudgetExceeded", "; ".join(missed))
     if not met:
@@ -117,6 +171,7 @@ def reason_for(
     held: Mapping[str, EndpointLimits],
     tuning: Tuning,
 ) -> str:
+    """`limits` are the limits Auto would set (in Recommend mode they are not applied)."""
     if step.replicas > step.current:
         head = f"scale up {step.current} -> {step.replicas} replicas"
     elif step.replicas < step.current:
@@ -126,37 +181,17 @@ def reason_for(
     parts = [head]
     if spec.scaling.mode != "Auto":
         parts.append(f"mode {spec.scaling.mode}: recommend {step.recommended}, applying nothing")
-    forecasts = step.plan.forecast.endpoints if step.plan is not None else {}
-    for load in step.loads:
-        observed = step.observed_rates.get(load.name, 0.0)
-        text = f"{load.name} {observed:.2f} req/s"
-        if load.arrival_rate > observed * 1.001:
-            text += f" (planning for {load.arrival_rate:.2f}: rising or queueing)"
-        text += f", prompt {load.prompt_tokens:.0f} / output {load.generated_tokens:.0f} tokens"
-        predicted = forecasts.get(load.name)
-        if load.budget_seconds is not None:
-            if predicted is not None:
-                text += f", predicted p95 TTFT {_ms(predicted.ttft_p95_seconds)}"
-            text += f" (budget {_ms(load.budget_seconds)})"
-            if abs(load.correction - 1.0) >= 0.05:
-                text += f", model correction x{load.correction:.2f}"
-        elif load.backlogged:
-            text += ", backlogged"
-        parts.append(text)
+    parts += [_endpoint_text(name, e) for name, e in step.estimates.items()]
     if step.plan is not None:
         needed = (
             f"more than {spec.max_replicas}" if step.needed > spec.max_replicas else step.needed
         )
         parts.append(
-            f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} TTFT within"
-            f" {100 * tuning.budget_headroom:g}% of each budget"
+            f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} queue wait"
+            f" within {100 * tuning.budget_headroom:g}% of each queue budget"
         )
     if step.damping_note:
         parts.append(step.damping_note)
-    if step.capacity_limited:
-        parts.append("pods Pending for lack of GPUs: adding none")
-    if step.missing_rates:
-        parts.append(f"arrival rate missing for {', '.join(step.missing_rates)}: no scale-down")
     retuned = [
         f"{name} maxBatchSize {held[name].max_batch_size}->{new.max_batch_size}"
         f" window {held[name].batch_window_milliseconds}->{new.batch_window_milliseconds} ms"
@@ -164,8 +199,31 @@ def reason_for(
         if new != held.get(name)
     ]
     if retuned:
-        parts.append("retune " + ", ".join(retuned))
+        verb = "retune " if spec.scaling.mode == "Auto" else "Auto would retune "
+        parts.append(verb + ", ".join(retuned))
+    if step.rules:
+        parts.append("rules: " + ", ".join(step.rules))
     return "; ".join(parts)
+
+
+def _endpoint_text(name: str, e) -> str:
+    load = e.load
+    text = f"{name} {e.observed_rate:.2f} req/s"
+    if e.rate_missing:
+        text = f"{name} arrival rate missing"
+    elif load.arrival_rate > e.observed_rate * 1.001:
+        text += f" (planning for {load.arrival_rate:.2f}: rising or queueing)"
+    text += f", prompt {load.prompt_tokens:.0f} / output {load.generated_tokens:.0f} tokens"
+    if not load.has_sla:
+        return text + (", backlogged" if load.backlogged else "")
+    queue = "missing" if e.queue_wait_p95 is None else _ms(e.queue_wait_p95)
+    budget = "unknown" if e.queue_budget is None else _ms(e.queue_budget)
+    text += f", queue wait p95 {queue} (budget {budget})"
+    if e.service_time_p95 is not None:
+        text += f", service time p95 {_ms(e.service_time_p95)}"
+    if load.budget_seconds is not None:
+        text += f" (TTFT budget {_ms(load.budget_seconds)})"
+    return text
 
 
 def _ms(seconds: float) -> str:

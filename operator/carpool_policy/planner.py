@@ -26,7 +26,8 @@ from carpool_policy.capacity import (
     PoolForecast,
     forecast,
     meets_targets,
-    planning_target,
+    planned_queueing,
+    queue_target,
 )
 from carpool_replica.profile import Profile
 from carpool_policy.tuning import Tuning
@@ -79,7 +80,7 @@ def limits_at(
     result, fits = evaluate(limits)
 
     shrunk: list[str] = []
-    throughput_classes = [load for load in loads if load.budget_seconds is None]
+    throughput_classes = [load for load in loads if not load.has_sla]
     for load in sorted(throughput_classes, key=lambda x: -x.priority):
         bounds = endpoints[load.name]
         window = bounds.batch_window_milliseconds.max
@@ -95,7 +96,7 @@ def limits_at(
     if not fits:
         top = max((load.priority for load in loads), default=0)
         for load in sorted(loads, key=lambda x: x.priority):
-            if load.priority >= top or load.budget_seconds is None:
+            if load.priority >= top or not load.has_sla:
                 continue
             bounds = endpoints[load.name]
             limits[load.name] = EndpointLimits(
@@ -132,7 +133,7 @@ def most_favourable_limits(
         size = bounds.max_batch_size.min if load.fills_slots else bounds.max_batch_size.max
         window = (
             bounds.batch_window_milliseconds.min
-            if load.budget_seconds is not None
+            if load.has_sla
             else bounds.batch_window_milliseconds.max
         )
         limits[load.name] = EndpointLimits(size, window)
@@ -147,15 +148,15 @@ def _with_windows(
     tuning: Tuning,
     headroom: float,
 ) -> dict[str, EndpointLimits]:
-    """Give each SLA endpoint a batch window out of a share of its spare budget."""
+    """Give each SLA endpoint a batch window out of a share of its spare queue budget."""
     updated = dict(limits)
     for load in loads:
-        if load.budget_seconds is None:
+        if not load.has_sla:
             continue
         predicted = result.endpoints[load.name]
-        current_window = limits[load.name].batch_window_milliseconds / 1000.0
-        target = planning_target(load.budget_seconds, predicted.floor_planned_seconds, headroom)
-        spare = target - (predicted.ttft_planned_seconds - current_window)
+        window = limits[load.name].batch_window_milliseconds / 1000.0
+        target = queue_target(load, predicted, headroom, window)
+        spare = target - planned_queueing(predicted, 0.0)
         window_ms = (
             0
             if math.isinf(spare)

@@ -66,6 +66,15 @@ def _endpoint(raw: Any, path: str) -> EndpointSpec:
     ttft_seconds = None
     if ttft_ms is not None:
         ttft_seconds = _int(ttft_ms, f"{path}.sla.ttftP95Milliseconds", lowest=1) / 1000.0
+    queue_ms = sla.get("queueWaitP95Milliseconds") if isinstance(sla, Mapping) else None
+    queue_seconds = None
+    if queue_ms is not None:
+        queue_seconds = _int(queue_ms, f"{path}.sla.queueWaitP95Milliseconds", lowest=1) / 1000.0
+    if ttft_seconds is not None and queue_seconds is not None and queue_seconds >= ttft_seconds:
+        raise SpecError(
+            f"{path}.sla.queueWaitP95Milliseconds: must be below sla.ttftP95Milliseconds "
+            f"(the queue wait is part of the time to first token)"
+        )
     batching = raw.get("batching") or {}
     queue = {**DEFAULT_QUEUE, **(raw.get("queue") or {})}
     return EndpointSpec(
@@ -73,6 +82,7 @@ def _endpoint(raw: Any, path: str) -> EndpointSpec:
         priority=priority,
         default=bool(raw.get("default", False)),
         ttft_p95_seconds=ttft_seconds,
+        queue_wait_p95_seconds=queue_seconds,
         max_batch_size=_range(
             batching.get("maxBatchSize"),
             DEFAULT_MAX_BATCH_SIZE,

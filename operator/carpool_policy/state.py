@@ -24,12 +24,8 @@ class PolicyState:
     # The previous fresh observation: its time and arrival rates, for burst detection.
     last_observed_at: float | None = None
     arrival_rates: Mapping[str, float] = field(default_factory=dict)
-    # Per endpoint, measured / predicted p95 TTFT, smoothed: corrects the model's error.
-    corrections: Mapping[str, float] = field(default_factory=dict)
     # Per endpoint, the last known (mean prompt tokens, mean generated tokens).
     token_means: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    # Per SLA endpoint, (arrivals per ready replica, time) of the lightest measured miss.
-    breaches: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,9 +35,7 @@ class PolicyState:
             "lastScaleDownAt": self.last_scale_down_at,
             "lastObservedAt": self.last_observed_at,
             "arrivalRates": dict(self.arrival_rates),
-            "corrections": dict(self.corrections),
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
-            "breaches": {k: [load, at] for k, (load, at) in self.breaches.items()},
         }
 
     @classmethod
@@ -57,14 +51,9 @@ class PolicyState:
                 last_scale_down_at=_optional_float(data.get("lastScaleDownAt")),
                 last_observed_at=_optional_float(data.get("lastObservedAt")),
                 arrival_rates=_float_map(data.get("arrivalRates")),
-                corrections=_float_map(data.get("corrections")),
                 token_means={
                     str(k): (float(v[0]), float(v[1]))
                     for k, v in (data.get("tokenMeans") or {}).items()
-                },
-                breaches={
-                    str(k): (float(v[0]), float(v[1]))
-                    for k, v in (data.get("breaches") or {}).items()
                 },
             )
         except (TypeError, ValueError, IndexError, AttributeError):

@@ -35,15 +35,12 @@ class Tuning:
     max_burst_projection: float = 2.0
     # Queued requests beyond the steady-state queue must drain within this time.
     backlog_drain_seconds: float = 15.0
-    # Feedback: weight of the newest measured/predicted ratio, and the correction's bounds.
-    correction_weight: float = 0.3
-    correction_bounds: tuple[float, float] = (0.5, 2.0)
-    # A measured SLA miss teaches a per-replica load limit for this long; scale-down keeps
-    # each replica's load below this fraction of it (see learned.py).
-    breach_memory_seconds: float = 1800.0
-    breach_margin: float = 0.8
-    # Feedback learns only when the model predicts at least this much queueing (seconds).
-    min_predicted_queueing: float = 0.01
+    # A queue-wait p95 measured at or below this fraction of its budget is well inside it: the
+    # model may not scale up on its own then (it plans from rates and may be pessimistic).
+    queue_quiet_fraction: float = 0.5
+    # When service time alone breaks the TTFT budget, the queue may still use this share of it:
+    # replicas bound the queueing instead of chasing a number no replica count reaches.
+    unreachable_queue_share: float = 0.15
     # Below this arrival rate (req/s) an endpoint's measured p95s are too noisy for feedback.
     min_feedback_rate: float = 0.2
     # At most this fraction of the replicas (and at least one) go in one scale-down.

@@ -39,8 +39,11 @@ class EndpointSpec:
     name: str
     priority: int = 0
     default: bool = False
-    # p95 time-to-first-token budget; None makes the endpoint a throughput class.
+    # p95 time-to-first-token budget and p95 queue-wait budget (arrival to admission); with
+    # neither the endpoint is a throughput class. With only a TTFT budget the queue budget is
+    # the TTFT budget less the measured service time (see carpool_policy.estimate).
     ttft_p95_seconds: float | None = None
+    queue_wait_p95_seconds: float | None = None
     max_batch_size: IntRange = IntRange(1, 16)
     batch_window_milliseconds: IntRange = IntRange(0, 0)
     max_queue_wait_milliseconds: int = 2000
@@ -48,7 +51,7 @@ class EndpointSpec:
 
     @property
     def has_sla(self) -> bool:
-        return self.ttft_p95_seconds is not None
+        return self.ttft_p95_seconds is not None or self.queue_wait_p95_seconds is not None
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class Observation:
 class Condition:
     """A status condition per the Kubernetes API conventions (the operator adds the times)."""
 
-    type: str  # MetricsAvailable | SLAMet | CapacityLimited | ScalingLimited
+    type: str  # MetricsAvailable | SLAMet | SLAReachable | CapacityLimited
     status: str  # "True" | "False" | "Unknown"
     reason: str  # CamelCase
     message: str
@@ -156,9 +159,11 @@ class Condition:
 @dataclass(frozen=True)
 class Decision:
     """What to apply. `replicas`/`limits` are what the operator sets (in Recommend and Manual
-    modes they hold the current values); `recommended_replicas` is what the policy would set.
-    `changed` is True when replicas or any limit differ from the observation's, so the operator
-    emits an Event only then, with `reason` as its message.
+    modes they hold the current values); `recommended_replicas` and `recommended_limits` are
+    what the policy would set in Auto. `changed` is True when replicas or any limit differ from
+    the observation's, so the operator emits an Event only then, with `reason` as its message.
+    `rules` names, from a fixed vocabulary (`carpool_policy.explain.RULES`), every rule that
+    changed the outcome, in the order they acted.
     """
 
     replicas: int
@@ -169,6 +174,8 @@ class Decision:
     state: PolicyState
     recommended_replicas: int
     predicted_ttft_p95_seconds: Mapping[str, float | None] = field(default_factory=dict)
+    recommended_limits: Mapping[str, EndpointLimits] = field(default_factory=dict)
+    rules: tuple[str, ...] = ()
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -72,12 +72,15 @@ def traffic(
     waiting: float = 0.0,
     prompt: float = 2048.0,
     generated: float = 28.0,
+    queue: float | None = 0.05,
+    service: float | None = None,
 ) -> EndpointObservation:
     return EndpointObservation(
         arrival_rate_per_second=rate,
         mean_prompt_tokens=prompt,
         mean_generated_tokens=generated,
-        queue_wait_p95_seconds=0.05 if ttft is not None else None,
+        queue_wait_p95_seconds=queue if ttft is not None else None,
+        service_time_p95_seconds=service,
         ttft_p95_seconds=ttft,
         waiting=waiting,
         running=1.0,

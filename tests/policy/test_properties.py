@@ -34,7 +34,6 @@ def states(draw, now):
         recommendations=tuple(sorted(history)),
         last_observed_at=draw(st.none() | st.floats(now - 60, now - 1)),
         arrival_rates={"inline": draw(rates)},
-        corrections={"inline": draw(st.floats(0.5, 4.0))},
     )
 
 

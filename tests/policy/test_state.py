@@ -14,7 +14,6 @@ FULL = PolicyState(
     last_scale_down_at=None,
     last_observed_at=115.0,
     arrival_rates={"inline": 4.5},
-    corrections={"inline": 1.2},
     token_means={"inline": (2048.0, 28.0)},
 )
 

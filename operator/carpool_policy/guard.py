@@ -1,0 +1,124 @@
+"""Stage 3, guard: measured queue delay overrides the model.
+
+Contract (pure): `guard(up, down, current, estimates, observation, tuning)` takes the model's
+scale-up count `up` and scale-down count `down` and returns a `Guarded` with both adjusted and
+the names of the rules that changed them (from `carpool_policy.explain.RULES`):
+
+- `queue_breach`: an SLA endpoint's measured queue-wait p95 is over its queue budget (with
+  every pod ready and enough traffic to trust the p95): at least one replica more, as many as
+  the model asks, else the current count grown in proportion to the overshoot (at most double).
+- `queue_within_budget`: every SLA endpoint with traffic is measured well inside its queue
+  budget (at most `queue_quiet_fraction` of it) and no throughput class is turning requests
+  away: the model may not scale up on its own.
+- `queue_not_low`: an SLA endpoint's measured queue wait is above the scale-down fraction of
+  its budget: no scale-down (the model's smaller pool was not what the queue says).
+- `queue_wait_missing`: an SLA endpoint has traffic but no queue-wait p95 (its series is
+  missing): no scale-down. Missing data is never read as zero.
+- `series_missing`: an endpoint's arrival rate is missing: no scale-down.
+
+An endpoint without a known queue budget (TTFT budget only, service time not yet measured) is
+judged by its measured TTFT against the TTFT budget instead, so a breach is never ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from carpool_policy.estimate import Estimate
+from carpool_policy.tuning import Tuning
+from carpool_policy.types import EndpointObservation, Observation
+
+
+@dataclass(frozen=True)
+class Guarded:
+    up: int
+    down: int
+    rules: tuple[str, ...]
+    breached: tuple[str, ...]  # SLA endpoints measured over their queue budget
+
+
+def guard(
+    up: int,
+    down: int,
+    current: int,
+    estimates: Mapping[str, Estimate],
+    observation: Observation,
+    tuning: Tuning,
+) -> Guarded:
+    rules: list[str] = []
+    settled = observation.ready_replicas >= current  # pods starting: not a measured miss
+    breached = tuple(
+        name for name, e in estimates.items() if settled and _ratio(e, observation, tuning) > 1.0
+    )
+    if breached:
+        worst = max(_ratio(estimates[n], observation, tuning) for n in breached)
+        floor = current + max(1, math.ceil(current * min(1.0, worst - 1.0)))
+        if up < floor:
+            up = floor
+            rules.append("queue_breach")
+    elif up > current and _all_quiet(estimates, observation, tuning):
+        up = current
+        rules.append("queue_within_budget")
+    down = max(down, up)
+    if down < current:
+        held = _scale_down_blocked(estimates, observation, tuning)
+        if held:
+            down = current
+            rules.append(held)
+    return Guarded(up, down, tuple(rules), breached)
+
+
+def measured_ratio(estimate: Estimate, observed: EndpointObservation) -> float | None:
+    """Measured queue-wait p95 over the queue budget (TTFT over the TTFT budget when the
+    queue budget is unknown); None when the endpoint has no SLA or nothing was measured."""
+    if not estimate.load.has_sla:
+        return None
+    if estimate.queue_budget is not None:
+        if estimate.queue_wait_p95 is None:
+            return None
+        return estimate.queue_wait_p95 / estimate.queue_budget
+    ttft, budget = observed.ttft_p95_seconds, estimate.load.budget_seconds
+    return None if ttft is None or budget is None else ttft / budget
+
+
+def _ratio(estimate: Estimate, observation: Observation, tuning: Tuning) -> float:
+    if estimate.observed_rate < tuning.min_feedback_rate:
+        return 0.0  # a p95 of a handful of requests says little
+    seen = observation.endpoints.get(estimate.load.name) or EndpointObservation()
+    return measured_ratio(estimate, seen) or 0.0
+
+
+def _all_quiet(estimates: Mapping[str, Estimate], observation: Observation, tuning: Tuning) -> bool:
+    judged = False
+    for name, e in estimates.items():
+        seen = observation.endpoints.get(name) or EndpointObservation()
+        if not e.load.has_sla:
+            if (seen.rejected_rate_per_second or 0.0) > 0:
+                return False  # a throughput class turned away: it needs the capacity
+            continue
+        if e.observed_rate <= 0:
+            continue
+        ratio = measured_ratio(e, seen)
+        if ratio is None or ratio > tuning.queue_quiet_fraction:
+            return False
+        judged = True
+    return judged
+
+
+def _scale_down_blocked(
+    estimates: Mapping[str, Estimate], observation: Observation, tuning: Tuning
+) -> str | None:
+    if any(e.rate_missing for e in estimates.values()):
+        return "series_missing"
+    for name, e in estimates.items():
+        if not e.load.has_sla or e.observed_rate <= 0:
+            continue
+        seen = observation.endpoints.get(name) or EndpointObservation()
+        ratio = measured_ratio(e, seen)
+        if ratio is None:
+            return "queue_wait_missing"
+        if ratio > tuning.scale_down_headroom:
+            return "queue_not_low"
+    return None
