@@ -141,6 +141,17 @@ INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
       "the SLA it serves"]),
     ("window equal to the sla", _set("endpoints.0.batching.batchWindowMilliseconds", {"max": 300}),
      ["must be shorter than the SLA it serves"]),
+    ("empty sla", _set("endpoints.0.sla", {}),
+     ["sla: set sla.ttftP95Milliseconds, sla.queueWaitP95Milliseconds or both"]),
+    ("queue budget not below the ttft budget",
+     _set("endpoints.0.sla", {"ttftP95Milliseconds": 300, "queueWaitP95Milliseconds": 300}),
+     ["sla.queueWaitP95Milliseconds must be below sla.ttftP95Milliseconds"]),
+    ("queue budget of zero", _set("endpoints.0.sla.queueWaitP95Milliseconds", 0),
+     ["spec.endpoints[0].sla.queueWaitP95Milliseconds", "greater than or equal to 1"]),
+    ("queue budget no longer than the default batch window",
+     _set("endpoints", [_endpoint(sla={"queueWaitP95Milliseconds": 5})]),
+     ["endpoint e: batching.batchWindowMilliseconds.max (5 ms when not set) must be shorter than "
+      "sla.queueWaitP95Milliseconds"]),
     ("unknown field", _set("worker.imagee", "typo"), ['unknown field "spec.worker.imagee"']),
     ("too many endpoints", _set("endpoints", [_endpoint(name=f"e{i}") for i in range(17)]),
      ["spec.endpoints", "must have at most 16 items"]),
@@ -323,6 +334,18 @@ def test_kubernetes_quantities_are_accepted(custom, pools_namespace, resources):
         GROUP, VERSION, pools_namespace, PLURAL, body, field_validation="Strict", dry_run="All"
     )
     assert created["spec"]["worker"]["resources"] == resources
+
+
+@pytest.mark.parametrize(
+    "sla",
+    [
+        {"queueWaitP95Milliseconds": 200},
+        {"ttftP95Milliseconds": 300, "queueWaitP95Milliseconds": 100},
+    ],
+)
+def test_a_queue_budget_alone_or_beside_the_ttft_budget_is_accepted(custom, pools_namespace, sla):
+    created = _create(custom, pools_namespace, _spec(_set("endpoints.0.sla", sla), name="queue"))
+    assert created["spec"]["endpoints"][0]["sla"] == sla
 
 
 def test_valid_pool_is_accepted_with_defaults_filled_in(custom, pools_namespace):

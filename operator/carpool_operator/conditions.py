@@ -26,6 +26,7 @@ RECONCILED = "Reconciled"
 SCALER_CONFLICT = "ScalerConflict"
 METRICS_AVAILABLE = "MetricsAvailable"
 SLA_MET = "SLAMet"
+SLA_REACHABLE = "SLAReachable"
 
 # The control loop owns these; the operator only makes them visible as Unknown at first.
 CONTROL_LOOP_CONDITIONS = (METRICS_AVAILABLE, SLA_MET)

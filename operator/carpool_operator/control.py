@@ -201,8 +201,9 @@ def _endpoint_status(spec: PoolSpec, decision: Decision, observation, applied: b
                     row[key] = _milliseconds(value)
         if in_force is not None:
             row.update(in_force.to_dict())
-        if endpoint.has_sla and seen is not None and seen.ttft_p95_seconds is not None:
-            row["slaMet"] = seen.ttft_p95_seconds <= endpoint.ttft_p95_seconds
+        budget = endpoint.ttft_p95_seconds
+        if budget is not None and seen is not None and seen.ttft_p95_seconds is not None:
+            row["slaMet"] = seen.ttft_p95_seconds <= budget
         rows.append(row)
     return rows
 
@@ -243,6 +244,9 @@ def _status_mutation(
             "time": now,
             "reason": decision.reason[:1024],
             "recommendedReplicas": decision.recommended_replicas,
+            "recommendedLimits": {
+                name: limits.to_dict() for name, limits in decision.recommended_limits.items()
+            },
         }
         return status
 
@@ -334,7 +338,7 @@ def control_step(
 
 
 # Conditions whose changes post an Event (the policy's others move with every decision).
-WATCHED = (conditions.METRICS_AVAILABLE, profiles.PROFILE_LOADED)
+WATCHED = (conditions.METRICS_AVAILABLE, conditions.SLA_REACHABLE, profiles.PROFILE_LOADED)
 
 
 def _fields(condition) -> tuple[str, str, str, str]:

@@ -19,9 +19,13 @@ gpus=..., gpu_hour_price=..., costs=...)`` updates, in the operator's registry
   ``carpool_endpoint_cost_per_million_tokens{namespace,pool,endpoint}`` — the fuel ledger
   (``carpool_operator.ledger``); the price and costs are absent when unknown;
 - ``carpool_pool_capacity_limited{namespace,pool}`` — 1 when pods wait for GPUs;
+- ``carpool_pool_sla_reachable{namespace,pool}`` — the SLAReachable condition: 0 while an
+  endpoint's measured service time alone exceeds its TTFT budget, 1 otherwise (absent until
+  known);
 - ``carpool_control_decisions_total{namespace,pool,action,reason}`` — action scale_up |
-  scale_down | retune | hold; reason from ``decision_reason`` (a fixed vocabulary, so the
-  label cannot grow without bound);
+  scale_down | retune | hold; reason from ``decision_reason``: the first rule the decision
+  names (``Decision.rules``), else what drove the action; a fixed vocabulary
+  (``DECISION_REASONS``), so the label cannot grow without bound;
 - ``carpool_control_errors_total{namespace,pool}`` via ``count_error``.
 
 The labels name the pool, not the operator pod: scrape the operator with ``honor_labels``.
@@ -94,6 +98,12 @@ CAPACITY_LIMITED = prometheus_client.Gauge(
     POOL,
     registry=REGISTRY,
 )
+SLA_REACHABLE = prometheus_client.Gauge(
+    "carpool_pool_sla_reachable",
+    "0 while an endpoint's measured service time alone exceeds its TTFT budget (SLAReachable).",
+    POOL,
+    registry=REGISTRY,
+)
 DECISIONS = prometheus_client.Counter(
     "carpool_control_decisions_total",
     "Control-loop decisions by what they did and why.",
@@ -128,7 +138,7 @@ def record(
     ):
         REPLICAS.labels(**labels, state=state).set(value)
     for endpoint in spec.endpoints:
-        if endpoint.has_sla:
+        if endpoint.ttft_p95_seconds is not None:
             SLA.labels(**labels, endpoint=endpoint.name).set(endpoint.ttft_p95_seconds)
         limits = decision.limits.get(endpoint.name)
         if limits is not None:
@@ -137,6 +147,11 @@ def record(
     _record_conditions(labels, shown)
     _record_ledger(labels, spec, gpus, gpu_hour_price, costs or {})
     CAPACITY_LIMITED.labels(**labels).set(1 if observation.pending_unschedulable_replicas else 0)
+    reachable = _condition(shown, "SLAReachable")
+    if reachable is None or reachable.status == "Unknown":
+        _remove(SLA_REACHABLE, labels["namespace"], labels["pool"])
+    else:
+        SLA_REACHABLE.labels(**labels).set(1 if reachable.status == "True" else 0)
     action = decision_action(observation, decision, scaled, retuned)
     DECISIONS.labels(**labels, action=action, reason=decision_reason(spec, decision, action)).inc()
 
@@ -203,8 +218,17 @@ def decision_action(
 DECISION_REASONS = (
     "metrics_unavailable",  # Prometheus down, no samples or stale: hold
     "series_missing",  # an endpoint's arrival rate is absent: no scale-down
+    "queue_wait_missing",  # an SLA endpoint has traffic but no queue-wait p95: no scale-down
     "not_auto",  # Recommend or Manual mode: nothing applied
     "capacity_limited",  # pods Pending for GPUs, or at replicas.max
+    "max_replicas",  # the model or the guard asks for more than replicas.max
+    "queue_breach",  # a measured queue-wait p95 over its budget: scale up
+    "queue_within_budget",  # the queue measured well inside its budget: no scale-up
+    "queue_not_low",  # the queue measured above the scale-down fraction: no scale-down
+    "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
+    "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
+    "stabilizing",  # scale-down held by the stabilization window
+    "scale_down_step",  # scale-down bounded per decision
     "sla_missed",  # a measured p95 TTFT over its budget
     "sla_at_risk",  # a scale-up the model asks for while the SLA holds
     "load_fell",  # scale-down
@@ -214,7 +238,8 @@ DECISION_REASONS = (
 
 
 def decision_reason(spec: PoolSpec, decision: Decision, action: str) -> str:
-    """One of `DECISION_REASONS`: what stopped the policy first, else what drove the action."""
+    """One of `DECISION_REASONS`: what stopped the policy first, then the first rule the
+    decision names, else what drove the action."""
     metrics = decision.condition("MetricsAvailable")
     if metrics is not None and metrics.status == "False":
         return "series_missing" if metrics.reason == "SeriesMissing" else "metrics_unavailable"
@@ -223,6 +248,9 @@ def decision_reason(spec: PoolSpec, decision: Decision, action: str) -> str:
     capacity = decision.condition("CapacityLimited")
     if capacity is not None and capacity.status == "True":
         return "capacity_limited"
+    named = [rule for rule in decision.rules if rule in DECISION_REASONS]
+    if named:
+        return named[0]
     sla = decision.condition("SLAMet")
     if sla is not None and sla.status == "False":
         return "sla_missed"

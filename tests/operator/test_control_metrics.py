@@ -135,3 +135,14 @@ def test_the_ledger_exports_cost_per_endpoint_and_drops_it_when_unknown(pool) ->
     record("g", "cost", spec(pool), SEEN, decision(2), False, False, shown=fresh, gpus=2)
     assert _gauge("carpool_endpoint_cost_per_million_tokens", **labels) is None
     assert _gauge("carpool_pool_gpu_hour_price", namespace="g", pool="cost") is None
+
+
+def test_every_rule_the_policy_names_is_a_decision_reason():
+    from carpool_policy.explain import RULES
+
+    assert set(RULES) <= set(DECISION_REASONS)
+
+
+def test_the_first_rule_a_decision_names_is_its_reason(pool):
+    named = Decision(**{**decision(2).__dict__, "rules": ("queue_within_budget", "stabilizing")})
+    assert decision_reason(spec(pool), named, "hold") == "queue_within_budget"
