@@ -14,6 +14,7 @@ needs a bearer token and a tenant header.
 from __future__ import annotations
 
 import http.server
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,13 +215,21 @@ def healthy_afterwards(api, pool) -> Iterator[None]:
 
 
 def test_missing_scrape_labels_are_named_with_the_relabel_rules_that_add_them(
-    api, pool, operators, broken_prometheus, healthy_afterwards
+    cluster, api, pool, operators, broken_prometheus, healthy_afterwards
 ) -> None:
     set_spec(api, pool, {"prometheus": {"url": broken_prometheus["no labels"]}})
     found = shows(api, pool, operators.current, "MissingScrapeLabels")
     assert "without the labels namespace, pool" in found["message"]
     assert "prometheus.workers.podMonitor.enabled=true" in found["message"]
     assert "__meta_kubernetes_pod_label_carpool_dev_pool" in found["message"]
+    described = subprocess.run(
+        [str(cluster.kubectl), "--kubeconfig", str(cluster.kubeconfig), "describe", "-n", pool,
+         f"inferencepools.carpool.dev/{POOL}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    print(described)  # the SRE's view, in the test's output
+    assert "MissingScrapeLabels" in described
+    assert "__meta_kubernetes_pod_label_carpool_dev_pool" in " ".join(described.split())
 
 
 def test_a_prometheus_that_does_not_scrape_the_workers_says_so_and_how_to(

@@ -197,7 +197,7 @@ def federation_config(
     if drop_labels:
         job["metric_relabel_configs"] = [{"regex": "|".join(drop_labels), "action": "labeldrop"}]
     return {
-        "global": {"scrape_interval": scrape_interval, "scrape_timeout": "10s"},
+        "global": {"scrape_interval": scrape_interval},
         "scrape_configs": [job],
     }
 
