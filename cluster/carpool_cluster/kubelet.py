@@ -3,9 +3,10 @@
 Contract: ``python -m carpool_cluster.kubelet --kubeconfig K --nodes N --gpus-per-node G``
 registers N Ready Nodes (``carpool-gpu-<i>``) with ``nvidia.com/gpu: G`` capacity, renews
 their Leases, and every tick: starts the pods the scheduler bound to them (one loopback IP per
-pod, ``127.1.x.y``, reported as ``podIP``), reports phase, readiness (from the readiness probe),
-restarts and container states, and stops the process of a pod being deleted before removing
-the pod object, as the kubelet does. SIGTERM stops every pod process and exits.
+pod, ``127.S.x.y`` with ``S`` per kubelet, reported as ``podIP``), reports phase, readiness
+(from the readiness probe), restarts and container states, and stops the process of a pod
+being deleted before removing the pod object, as the kubelet does. SIGTERM stops every pod
+process and exits.
 
 It is a test stand-in for the kubelet and a container runtime, not a node agent: no images, no
 cgroups, no resource isolation. The scheduler, the controllers and Prometheus's service
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import os
 import signal
 import sys
 import threading
@@ -95,7 +97,10 @@ class ProcessKubelet:
         self.server = api.configuration.host
         self.ca_file = api.configuration.ssl_ca_cert
         self.pods: dict[str, PodProcess] = {}
-        self._addresses = (f"127.1.{n // 250}.{n % 250 + 2}" for n in itertools.count())
+        # Each kubelet its own 127.S.0.0/16 (S from the process id), so clusters that run side
+        # by side do not hand two pods the same address and port.
+        subnet = 1 + os.getpid() % 250
+        self._addresses = (f"127.{subnet}.{n // 250}.{n % 250 + 2}" for n in itertools.count())
         self.stopping = threading.Event()
 
     def register(self) -> None:
