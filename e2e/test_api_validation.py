@@ -272,12 +272,11 @@ INVALID: list[tuple[str, Callable[[dict], None], list[str]]] = [
      ["worker.resources.requests: an extended resource such as nvidia.com/gpu is not divisible"]),
     ("batch bound above the worker's default slots", _delete("worker.kvCacheSlots"),
      ["spec.worker.kvCacheSlots",
-      "endpoint nightly-labeling: batching.maxBatchSize.max (128) is more sequences than a "
-      "worker holds, worker.kvCacheSlots (64; 64 when not set): lower batching.maxBatchSize.max, "
+      "an endpoint's batching.maxBatchSize.max is more sequences than a worker holds, "
+      "worker.kvCacheSlots (64 when not set): lower that endpoint's batching.maxBatchSize.max, "
       "or raise worker.kvCacheSlots"]),
     ("batch bound above the worker's slots", _set("worker.kvCacheSlots", 16),
-     ["endpoint nightly-labeling: batching.maxBatchSize.max (128) is more sequences than a "
-      "worker holds, worker.kvCacheSlots (16;"]),
+     ["spec.worker.kvCacheSlots", "is more sequences than a worker holds"]),
     ("kv cache slots of zero", _set("worker.kvCacheSlots", 0),
      ["spec.worker.kvCacheSlots", "greater than or equal to 1"]),
     ("context shorter than a prompt can be", _set("worker.maxContextTokens", 8),
