@@ -82,6 +82,7 @@ base_tarball() {
   mkdir -p "$CACHE"
   tar --numeric-owner --xattrs -C "$rootfs" -cf "$tarball.tmp" .
   mv "$tarball.tmp" "$tarball"
+  find "$CACHE" -maxdepth 1 -name 'debian-bookworm-minbase-*.tar' ! -path "$tarball" -delete
   release_rootfs "$rootfs"
   trap - EXIT
   printf '%s\n' "$tarball"
@@ -176,6 +177,10 @@ for target in "${TARGETS[@]}"; do
     build worker "$WORKER_IMAGE"
   fi
 done
+if [[ $ENGINE == podman ]]; then
+  # Images that a rebuild replaced (untagged, no image built on them); the layer cache stays.
+  "${ENGINE_CMD[@]}" image prune --force --filter label=dev.carpool.build >/dev/null
+fi
 for target in "${TARGETS[@]}"; do
   image=$OPERATOR_IMAGE
   [[ $target == worker ]] && image=$WORKER_IMAGE
