@@ -10,6 +10,9 @@ Contract:
 - `measured(outcomes, replica_samples, until_seconds)` is the same document from the loop's
   clients (`Outcome`s) and its `(seconds, desired replicas)` samples.
 - `ratios(predicted, measured)` divides the one by the other, key by key.
+- `startup_seconds(samples)` is the loop's pod start-up as it showed: from each rise of the
+  desired replicas to the ready replicas reaching it, the median over rises (None without one),
+  for `predict`'s `startup_seconds`.
 """
 
 from __future__ import annotations
@@ -65,6 +68,18 @@ def measured(
         if outcome.arrival.at_seconds < until_seconds and outcome.ttft_seconds is not None:
             endpoints.setdefault(outcome.arrival.endpoint, []).append(outcome.ttft_seconds)
     return _document(endpoints, replica_samples, until_seconds)
+
+
+def startup_seconds(samples: Sequence[tuple[float, int, int]]) -> float | None:
+    """Median lag from a rise of `desired` to `ready` reaching it, over `(t, desired, ready)`."""
+    lags = []
+    for i in range(1, len(samples)):
+        (_, before, _), (t0, desired, _) = samples[i - 1], samples[i]
+        if desired > before:
+            reached = next((t for t, _, ready in samples[i:] if ready >= desired), None)
+            if reached is not None:
+                lags.append(reached - t0)
+    return float(np.median(lags)) if lags else None
 
 
 def ratios(predicted: Mapping[str, Any], real: Mapping[str, Any]) -> dict[str, Any]:

@@ -217,6 +217,9 @@ def _run(args, state: controlplane.ClusterState, prom_url: str, stop: threading.
 def _prediction(args, manifest, schedule, timeline: Timeline, startup_seconds: float, total):
     """`carpool sim` on the same arrivals, pool and profile, beside what this run measured."""
     profile = Profile.from_dict(json.loads((scenario.PROFILES / args.profile).read_text()))
+    # A scaled-up pod's start-up as this run showed it; the first pod's when it never scaled.
+    shown = loop.startup_seconds([(s["t"], s["desired"], s["ready"]) for s in timeline.samples])
+    startup_seconds = shown or startup_seconds
     predicted = loop.predict(
         schedule,
         manifest["spec"],
@@ -228,4 +231,9 @@ def _prediction(args, manifest, schedule, timeline: Timeline, startup_seconds: f
     )
     samples = [(s["t"], s["desired"]) for s in timeline.samples]
     real = loop.measured(timeline.outcomes, samples, total)
-    return {"predicted": predicted, "measured": real, "ratio": loop.ratios(predicted, real)}
+    return {
+        "predicted": predicted,
+        "measured": real,
+        "ratio": loop.ratios(predicted, real),
+        "startup_seconds": round(startup_seconds, 1),
+    }

@@ -59,3 +59,9 @@ def test_the_prediction_spends_more_replica_minutes_on_more_load():
     assert light["replica_minutes"] >= 2.0 - 0.05  # never below min replicas for two minutes
     assert heavy["replica_minutes"] > 2 * light["replica_minutes"]
     assert 0.9 * 3600 <= heavy["endpoints"]["chat"]["requests"] <= 3600
+
+
+def test_startup_is_the_median_lag_from_a_rise_in_desired_to_ready():
+    samples = [(0.0, 1, 1), (1.0, 3, 1), (5.0, 3, 2), (7.0, 3, 3), (10.0, 4, 3), (13.0, 4, 4)]
+    assert loop.startup_seconds(samples) == pytest.approx((6.0 + 3.0) / 2)
+    assert loop.startup_seconds([(0.0, 1, 1), (1.0, 1, 1)]) is None
