@@ -29,7 +29,7 @@ RUN_SH = KIND / "run.sh"
 PYPROJECT = ROOT / "pyproject.toml"
 CONTAINERFILE = ROOT / "images" / "Containerfile"
 IGNOREFILE = ROOT / "images" / "Containerfile.dockerignore"
-SCRIPTS = [ROOT / "images" / "build.sh", ROOT / "images" / "podman.sh"]
+SCRIPTS = [ROOT / "images" / name for name in ("build.sh", "podman.sh", "install-requirements.sh")]
 
 
 def containerfile_stages() -> dict[str, list[tuple[str, str]]]:
@@ -102,7 +102,7 @@ def test_images_install_the_wheel_with_the_right_extra(target: str, extras: list
     (wheel_install,) = [r for r in runs(stage) if "carpool-*.whl" in r]
     assert ("[worker]" in wheel_install) == (extras == ["worker"])
     assert "pip check" in wheel_install
-    (made,) = [r for r in runs(containerfile_stages()["wheel"]) if requirements in r]
+    (made,) = [r for r in runs(containerfile_stages()["wheel"])]
     command = f"python3 /src/images/requirements.py /src/pyproject.toml {' '.join(extras)}"
     assert f"{command.strip()} >/dist/{requirements}" in made
 
@@ -117,6 +117,16 @@ def test_requirements_are_the_dependencies_and_the_named_extras() -> None:
     assert listed() == project["dependencies"]
     assert listed("worker") == project["dependencies"] + project["optional-dependencies"]["worker"]
     assert not any(line.startswith("torch") for line in listed())
+    torch = listed("worker", "--only", "torch", "triton")
+    assert [line.split(">")[0] for line in torch] == ["torch", "triton"]
+    assert set(torch) <= set(listed("worker"))
+
+
+def test_requirements_refuse_an_unknown_extra_or_project() -> None:
+    script = [sys.executable, str(ROOT / "images" / "requirements.py"), str(PYPROJECT)]
+    for extra_arguments, word in ((["gpu"], "no such extra"), (["--only", "torch"], "not among")):
+        result = subprocess.run([*script, *extra_arguments], capture_output=True, text=True)
+        assert result.returncode != 0 and word in result.stderr, result
 
 
 def test_images_run_as_the_chart_user_and_bake_in_no_secrets() -> None:
@@ -148,6 +158,11 @@ def test_images_copy_what_the_wheel_is_built_from() -> None:
     }
     assert set(packages) <= copied
     # The ignore file lets through everything the COPYs name (and nothing is sent otherwise).
+    copied |= {
+        arguments.split()[0]
+        for instruction, arguments in containerfile_stages()["python"]
+        if instruction == "COPY"
+    }
     admitted = set(re.findall(r"^!(\S+)$", IGNOREFILE.read_text(), re.MULTILINE))
     assert copied | {"README.md", "images/requirements.py"} <= admitted
 
