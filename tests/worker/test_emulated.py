@@ -60,53 +60,54 @@ def request(prompt: int, max_tokens: int) -> Request:
                    arrival=0.0)  # fmt: skip
 
 
-def test_a_step_blocks_for_its_profiled_cost():
-    fake = FakeTime()
-    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+@pytest.fixture
+def fake() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def runner(fake: FakeTime) -> EmulatedRunner:
+    return EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+
+
+def decoding() -> Step:
+    """A decode step of one request, 8 tokens into its context."""
+    req = request(8, 4)
+    req.num_prefilled, req.output_ids = 8, [5]
+    return Step(decode=[req])
+
+
+def test_a_step_blocks_for_its_profiled_cost(fake, runner):
     long = request(512, 4)
     runner.execute(Step(prefill=[(long, 256, 256)]))  # the second chunk: offset 256
     assert fake.slept == [pytest.approx(0.030)]
 
 
-def test_engine_overhead_between_steps_is_absorbed_by_the_running_deadline():
-    fake = FakeTime()
-    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
-    req = request(8, 4)
-    req.num_prefilled, req.output_ids = 8, [5]
-    runner.execute(Step(decode=[req]))
+def test_engine_overhead_between_steps_is_absorbed_by_the_running_deadline(fake, runner):
+    runner.execute(decoding())
     fake.now -= 0.004  # the engine came back before the last step's deadline: a GPU queue
-    runner.execute(Step(decode=[req]))
+    runner.execute(decoding())
     assert fake.slept == [pytest.approx(0.010), pytest.approx(0.014)]
 
 
-def test_a_continuing_step_launched_late_by_the_host_keeps_the_gpus_pace():
-    fake = FakeTime()
-    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
-    req = request(8, 4)
-    req.num_prefilled, req.output_ids = 8, [5]
-    runner.execute(Step(decode=[req]))
+def test_a_continuing_step_launched_late_by_the_host_keeps_the_gpus_pace(fake, runner):
+    runner.execute(decoding())
     fake.now += 0.004  # the host came back 4 ms after the step's end
-    runner.execute(Step(decode=[req]))
+    runner.execute(decoding())
     assert fake.slept == [pytest.approx(0.010), pytest.approx(0.006)]
 
 
-def test_a_step_after_an_idle_engine_starts_when_it_is_launched():
-    fake = FakeTime()
-    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
+def test_a_step_after_an_idle_engine_starts_when_it_is_launched(fake, runner):
     runner.execute(Step(prefill=[(request(256, 4), 0, 256)]))
     fake.now += 1.0  # idle: nothing ran
     runner.execute(Step(prefill=[(request(256, 4), 0, 256)]))
     assert fake.slept == [pytest.approx(0.020), pytest.approx(0.020)]
 
 
-def test_host_lag_past_the_bound_is_charged():
-    fake = FakeTime()
-    runner = EmulatedRunner(PROFILE, VOCAB, clock=fake.clock, sleep=fake.sleep)
-    req = request(8, 4)
-    req.num_prefilled, req.output_ids = 8, [5]
-    runner.execute(Step(decode=[req]))
+def test_host_lag_past_the_bound_is_charged(fake, runner):
+    runner.execute(decoding())
     fake.now += 0.5  # far behind: this host is overloaded
-    runner.execute(Step(decode=[req]))
+    runner.execute(decoding())
     assert fake.slept == [pytest.approx(0.010), pytest.approx(0.010)]
     assert MAX_HOST_LAG_SECONDS < 0.5
 
