@@ -11,12 +11,14 @@ Contract:
   time, cheapest first (fewest misses added per replica saved, each endpoint's misses weighed
   by its budget), while every endpoint's misses stay within `allowed`. A minute's misses at n
   replicas are those of a static run at n (`misses_at(n)`, an endpoints x minutes array).
-- `search(scenario, static, targets, ...)` plans, then checks the plan by simulating it with
-  the `Scripted` controller (each minute's pods asked for one start-up ahead), and repairs it
-  where the check misses (the minutes that missed most step up a level) for a few rounds. It
-  returns the cheapest schedule whose simulation reaches every target, or, when none does, the
-  static count held all run (a constant schedule is a schedule too): so the bound never costs
-  more than static sized in hindsight. Every number it reports comes from a simulated run.
+- `search(scenario, config, misses_at, static_replicas, static_gpu_seconds, targets, ...)`
+  plans within a share (`margin`) of each endpoint's slack, then checks the plan by simulating
+  it with the `Scripted` controller (each minute's pods asked for one start-up ahead), and
+  repairs it where the check misses (the minutes that missed most step up a level) for up to
+  `rounds` checks. It returns the first schedule whose simulation reaches every target and
+  costs less than static, with that run; or, when none does, the static count held all run
+  and no run (`Bound.planned` is False: a constant schedule is a schedule too, and the caller
+  has its run), so the bound never costs more than static sized in hindsight.
 The search is a heuristic, not a proof of optimality: a minute's misses are measured with its
 neighbours at the same count, and the look-ahead keeps a minute's pods through the start-up
 before it. It is deterministic.
