@@ -5,7 +5,6 @@ whole public surface, with the data types it reads and returns and the one profi
 """
 
 from carpool_policy.decide import decide
-from carpool_replica.profile import Profile, ProfileError
 from carpool_policy.state import PolicyState
 from carpool_policy.tuning import DEFAULT_TUNING, Tuning
 from carpool_policy.types import (
@@ -20,6 +19,7 @@ from carpool_policy.types import (
     ScalingSpec,
     SpecError,
 )
+from carpool_replica.profile import Profile, ProfileError
 
 __all__ = [
     "DEFAULT_TUNING",

@@ -27,7 +27,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from carpool_replica.profile import Profile
 from carpool_policy.queueing import (
     combine_quantiles,
     exponential_tail_quantile,
@@ -36,6 +35,7 @@ from carpool_policy.queueing import (
 )
 from carpool_policy.tuning import Tuning
 from carpool_policy.types import EndpointLimits
+from carpool_replica.profile import Profile
 
 FIXED_POINT_ITERATIONS = 40
 

@@ -33,7 +33,6 @@ from carpool_policy.estimate import Estimate, estimate
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for, stale_after
 from carpool_policy.guard import guard, measured_ratio
 from carpool_policy.planner import Plan, limits_at, most_favourable_limits, plan
-from carpool_replica.profile import Profile
 from carpool_policy.state import PolicyState
 from carpool_policy.tuning import DEFAULT_TUNING, Tuning
 from carpool_policy.types import (
@@ -43,6 +42,7 @@ from carpool_policy.types import (
     Observation,
     PoolSpec,
 )
+from carpool_replica.profile import Profile
 
 _EMPTY = EndpointObservation()
 

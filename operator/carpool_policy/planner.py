@@ -29,9 +29,9 @@ from carpool_policy.capacity import (
     planned_queueing,
     queue_target,
 )
-from carpool_replica.profile import Profile
 from carpool_policy.tuning import Tuning
 from carpool_policy.types import EndpointLimits, EndpointSpec, IntRange, PoolSpec
+from carpool_replica.profile import Profile
 
 
 @dataclass(frozen=True)
