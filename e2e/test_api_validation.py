@@ -336,14 +336,17 @@ def test_kubernetes_quantities_are_accepted(custom, pools_namespace, resources):
 
 
 @pytest.mark.parametrize(
-    "sla",
+    ("name", "sla"),
     [
-        {"queueWaitP95Milliseconds": 200},
-        {"ttftP95Milliseconds": 300, "queueWaitP95Milliseconds": 100},
+        ("queue-alone", {"queueWaitP95Milliseconds": 200}),
+        ("queue-and-ttft", {"ttftP95Milliseconds": 300, "queueWaitP95Milliseconds": 100}),
     ],
 )
-def test_a_queue_budget_alone_or_beside_the_ttft_budget_is_accepted(custom, pools_namespace, sla):
-    created = _create(custom, pools_namespace, _spec(_set("endpoints.0.sla", sla), name="queue"))
+def test_a_queue_budget_alone_or_beside_the_ttft_budget_is_accepted(
+    custom, pools_namespace, name, sla
+):
+    # One pool name per case: both are created for real in the same namespace.
+    created = _create(custom, pools_namespace, _spec(_set("endpoints.0.sla", sla), name=name))
     assert created["spec"]["endpoints"][0]["sla"] == sla
 
 
