@@ -76,6 +76,7 @@ def _pool(name: str, **spec_changes: Any) -> dict[str, Any]:
         "worker": {
             "image": "ghcr.io/example/carpool-worker:0.1.0",
             "resources": {"limits": {"nvidia.com/gpu": 1}},
+            "kvCacheSlots": 128,  # the offline endpoint's batch reaches 128
         },
         "replicas": {"min": 1, "max": 4},
         "endpoints": [
