@@ -235,6 +235,23 @@ def pool(api: client.ApiClient, installed: str, prometheus_url: str):
         return [p for p in pods.items if ready(p)]
 
     workers = wait_for("a ready worker pod of the example pool", ready_workers, 300, 1)
+    # Prometheus must hold a sample of each worker's counters from before the requests: a
+    # counter first scraped after them shows no increase, so rate() (the fuel ledger's) is 0.
+    wait_for(
+        "each worker scraped before any request",
+        lambda: (
+            len(
+                prom(
+                    prometheus_url,
+                    "query",
+                    f'carpool_prompt_tokens_total{{namespace="{namespace}"}}',
+                )["result"]
+            )
+            >= len(workers) * len(ENDPOINTS)
+        ),
+        120,
+        1,
+    )
     for pod in workers:
         for endpoint in ENDPOINTS:
             for _ in range(4):
