@@ -63,6 +63,24 @@ class StaleLimits(Exception):
 
 @dataclass(eq=False)
 class Request:
+    """One generation request, as the scheduler and the runner see it.
+
+    ``prefill_ids`` are the tokens prefill must put in the cache before decoding: the prompt,
+    or, after a preemption, the prompt plus every token generated so far (the request's KV was
+    dropped and is recomputed). ``num_prefilled`` counts the leading ``prefill_ids`` in the
+    cache. The runner relies on these invariants:
+
+    - a prefill chunk ``(req, start, length)`` of ``Step.prefill`` covers
+      ``req.prefill_ids[start:start + length]`` at positions ``start .. start + length - 1``;
+    - ``prefill_done`` means all of ``prefill_ids`` is in the cache;
+    - a decode row feeds ``req.output_ids[-1]`` at position ``req.context_len - 1``;
+    - the chunk that completes ``prefill_ids`` samples the next output token; for a resumed
+      request that is a new token appended to ``output_ids``, so greedy output is the same as
+      that of a run never preempted.
+
+    ``prompt_ids`` stays the original prompt: usage and prompt-token counts are taken from it.
+    """
+
     # Token ids; the simulator passes a range() of the right length, which costs no memory.
     prompt_ids: Sequence[int]
     max_tokens: int
@@ -80,6 +98,10 @@ class Request:
     cancelled: bool = False
     cancel_reason: str = "cancelled"
     kv_reserved: int = 0
+    prefill_ids: Sequence[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefill_ids = self.prompt_ids
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Asks the request to leave at the next step; ``reason`` becomes its finish reason
@@ -92,11 +114,13 @@ class Request:
 
     @property
     def prefill_done(self) -> bool:
-        return self.num_prefilled >= len(self.prompt_ids)
+        return self.num_prefilled >= len(self.prefill_ids)
 
     @property
     def context_len(self) -> int:
-        return self.num_prefilled + len(self.output_ids)
+        """Tokens in the cache, plus the one a decode row feeds once prefill is done."""
+        recomputed = len(self.prefill_ids) - len(self.prompt_ids)  # outputs among prefill_ids
+        return self.num_prefilled + len(self.output_ids) - recomputed
 
 
 @dataclass
@@ -114,8 +138,8 @@ class Step:
     @property
     def sampling(self) -> list[Request]:
         """The requests that get a token from this step: every decode row, and each prefill
-        chunk that completes its prompt."""
-        done = [r for r, start, length in self.prefill if start + length >= len(r.prompt_ids)]
+        chunk that completes its ``prefill_ids``."""
+        done = [r for r, start, length in self.prefill if start + length >= len(r.prefill_ids)]
         return done + self.decode
 
 
@@ -234,7 +258,7 @@ class Scheduler:
             if req.prefill_done:
                 step.decode.append(req)
             elif budget > 0:
-                length = min(len(req.prompt_ids) - req.num_prefilled, budget)
+                length = min(len(req.prefill_ids) - req.num_prefilled, budget)
                 step.prefill.append((req, req.num_prefilled, length))
                 budget -= length
         return step

@@ -39,7 +39,7 @@ def req(endpoint="a", arrival=0.0, prompt=4, max_tokens=4) -> Request:
 def run_step(s: Scheduler, now: float, token: int = 7):
     """One step where every request that is due a token gets ``token``."""
     step = s.schedule(now)
-    due = [r for r, start, n in step.prefill if start + n == len(r.prompt_ids)] + step.decode
+    due = step.sampling
     s.complete(step, {r.id: token for r in due})
     return step
 
