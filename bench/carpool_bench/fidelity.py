@@ -27,14 +27,13 @@ import math
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from carpool_bench.replay import Arrival, Fixed, replay
+from carpool_bench.replay import Arrival, Fixed, http_url, replay, wait_ready
 from carpool_policy import PoolSpec
 from carpool_replica.buckets import LATENCY_BUCKETS, histogram_quantile
 from carpool_replica.limits import default_limits
@@ -153,7 +152,7 @@ HISTOGRAMS = {
 
 def worker_histograms(url: str) -> dict[str, list[float]]:
     """The worker's queue-wait and TTFT histograms for the endpoint, per bucket (+Inf last)."""
-    text = httpx.get(f"{_http(url)}/metrics", timeout=10).text
+    text = httpx.get(f"{http_url(url)}/metrics", timeout=10).text
     cumulative: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS}
     families = {family: name for name, family in HISTOGRAMS.items()}
     for family in text_string_to_metric_families(text):
@@ -184,10 +183,6 @@ def burst(trace: list[Request], count: int, max_prompt: int, rng) -> list[Reques
                     trace[i].output_tokens) for i in picks]  # fmt: skip
 
 
-def _http(url: str) -> str:
-    return url if url.startswith("http") else f"http://{url}"
-
-
 @contextlib.contextmanager
 def emulated_worker(profile_path: Path, profile: Profile):
     """Starts ``carpool worker --emulate`` on a free loopback port; yields its URL."""
@@ -206,18 +201,6 @@ def emulated_worker(profile_path: Path, profile: Profile):
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def wait_ready(url: str, process=None, timeout: float = 600.0) -> None:
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the worker exited with status {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{_http(url)}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")
 
 
 def saturation(url: str, requests: list[Request], profile: Profile) -> tuple[float, float]:

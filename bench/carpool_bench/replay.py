@@ -5,14 +5,18 @@ time (open loop: a slow worker does not slow the arrivals) as a streamed complet
 token ids, to the address in ``directory.addresses`` (name -> host:port) with the fewest
 outstanding requests (a refused connection is retried once on another), and returns an
 :class:`Outcome` (send, first-token and end times, HTTP status) for each request that finished
-within ``deadline_seconds``. ``Fixed(url)`` is a directory of one worker; the local cluster's
-``PodDirectory`` follows a pool's ready pods.
+within ``deadline_seconds``. An outcome also holds the arrival time of each streamed chunk that
+carries text (the first is the first token) and the generated token count from the stream's usage
+chunk. ``Fixed(url)`` is a directory of one worker; the local cluster's ``PodDirectory`` follows a
+pool's ready pods. ``wait_ready(url)`` waits for a worker's ``/readyz``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import random
 import time
 from collections.abc import Iterable
@@ -37,10 +41,32 @@ class Outcome:
     finished_at: float | None = None
     status: int = 0
     pod: str = ""
+    # When each streamed chunk with text arrived (the first one is the first token).
+    token_times: list[float] = dataclasses.field(default_factory=list)
+    # Generated tokens as the worker counted them (the stream's usage chunk), if it said.
+    output_tokens: int | None = None
 
     @property
     def ttft_seconds(self) -> float | None:
         return None if self.first_token_at is None else self.first_token_at - self.sent_at
+
+    def read_event(self, data: str, at: float) -> None:
+        """One server-sent ``data:`` payload received at ``at``."""
+        if self.first_token_at is None:
+            self.first_token_at = at
+        if data == "[DONE]":
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("choices"):
+            self.token_times.append(at)
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.output_tokens = usage["completion_tokens"]
 
 
 class Directory(Protocol):
@@ -72,6 +98,7 @@ async def _send(
         "max_tokens": arrival.max_tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     tried: set[str] = set()
     for _attempt in range(2):
@@ -90,8 +117,8 @@ async def _send(
             ) as response:
                 outcome.status, outcome.pod = response.status_code, pod
                 async for line in response.aiter_lines():
-                    if line.startswith("data:") and outcome.first_token_at is None:
-                        outcome.first_token_at = time.monotonic() - origin
+                    if line.startswith("data:"):
+                        outcome.read_event(line[5:].strip(), time.monotonic() - origin)
                 outcome.finished_at = time.monotonic() - origin
                 return outcome
         except httpx.ConnectError:
@@ -143,3 +170,21 @@ def replay(
 ) -> list[Outcome]:
     """Blocking: replay ``schedule`` and return the outcomes of requests that finished."""
     return asyncio.run(_replay(schedule, directory, deadline_seconds, on_outcome))
+
+
+def http_url(url: str) -> str:
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def wait_ready(url: str, process=None, timeout: float = 600.0) -> None:
+    """Until ``url``'s ``/readyz`` answers 200; RuntimeError if ``process`` (the worker, when
+    started here) exits first or ``timeout`` seconds pass."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the worker exited with status {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{http_url(url)}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("carpool_worker.profile_cli", "measure a model's step-time profile"),
     "sim": ("carpool_sim.cli", "replay a trace through carpool's policy and the baselines"),
     "fidelity": ("carpool_bench.fidelity", "the simulator against a worker, on the same arrivals"),
+    "bench": ("carpool_bench.cli", "benchmarks against a running worker (carpool bench serve)"),
     "demo": ("carpool_cluster.demo", "the closed loop on a local cluster, end to end"),
 }
 
