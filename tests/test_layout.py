@@ -21,7 +21,7 @@ def test_import_operator_is_the_standard_library_even_from_the_repo_root() -> No
     assert loaded_from == Path(sysconfig.get_paths()["stdlib"])
 
 
-@pytest.mark.parametrize("subcommand", ["cluster", "operator", "worker", "profile", "sim"])
+@pytest.mark.parametrize("subcommand", ["cluster", "operator", "worker", "profile", "sim", "bench"])
 def test_every_subcommand_answers_help(subcommand: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "carpool_cli.main", subcommand, "--help"],

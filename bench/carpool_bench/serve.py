@@ -18,8 +18,10 @@ figures:
   over *every request sent*: one that got no first token (an error, a 429, unfinished) counts as
   infinitely late, so a rate that drops more than 5% of its requests has an infinite p95 (printed
   ``inf``, ``null`` in JSON);
-- inter-token latency p95: the gaps between streamed chunks that carry text, over all completed
-  requests;
+- inter-token latency p95: over completed requests of two tokens or more, each request's mean
+  gap between output tokens (first to last streamed token over the tokens after the first; a
+  worker may stream several tokens in one chunk, so the gaps between chunks are not the gaps
+  between tokens);
 - output tokens per second (the worker's usage count) over the makespan;
 - goodput: completed requests with TTFT within ``--sla-ttft-ms`` per second of the makespan;
 - 429s, other errors (any other status, or a broken connection), and unfinished requests.
@@ -107,6 +109,22 @@ def nearest_rank(values: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def generated(outcome: Outcome) -> int:
+    """Tokens generated: the worker's usage count, else the streamed chunks."""
+    if outcome.output_tokens is not None:
+        return outcome.output_tokens
+    return len(outcome.token_times)
+
+
+def inter_token_seconds(outcome: Outcome) -> float | None:
+    """The request's mean gap between output tokens: first to last token over the tokens after
+    the first (a worker may stream several tokens in one chunk, so chunk gaps are not tokens')."""
+    count = generated(outcome)
+    if count < 2 or len(outcome.token_times) < 2:
+        return None
+    return (outcome.token_times[-1] - outcome.token_times[0]) / (count - 1)
+
+
 def rate_figures(
     rate: float, sent: int, outcomes: list[Outcome], sla_seconds: float, deadline_seconds: float
 ) -> dict:
@@ -116,12 +134,11 @@ def rate_figures(
     ttfts = [o.ttft_seconds for o in done if o.ttft_seconds is not None]
     late = sent - len(ttfts)  # no first token: infinitely late
     all_ttfts = ttfts + [math.inf] * late
-    gaps = [b - a for o in done for a, b in zip(o.token_times, o.token_times[1:], strict=False)]
+    itls = [itl for o in done if (itl := inter_token_seconds(o)) is not None]
     starts = [o.sent_at for o in outcomes]
     ends = [o.finished_at for o in done]
     makespan = max(ends) - min(starts) if ends else 0.0
-    tokens = sum(o.output_tokens if o.output_tokens is not None else len(o.token_times)
-                 for o in done)  # fmt: skip
+    tokens = sum(generated(o) for o in done)
     good = sum(1 for t in ttfts if t <= sla_seconds)
 
     def seconds(value: float | None) -> float | None:
@@ -138,7 +155,7 @@ def rate_figures(
         "ttft_p50_seconds": seconds(nearest_rank(all_ttfts, 50)),
         "ttft_p95_seconds": seconds(nearest_rank(all_ttfts, 95)),
         "ttft_p99_seconds": seconds(nearest_rank(all_ttfts, 99)),
-        "itl_p95_seconds": seconds(nearest_rank(gaps, 95)),
+        "itl_p95_seconds": seconds(nearest_rank(itls, 95)),
         "output_tokens_per_second": per_second(tokens),
         "goodput_rps": per_second(good),
         "sla_ttft_seconds": sla_seconds,
@@ -242,7 +259,8 @@ def arrivals(requests: list[Request], endpoint: str) -> list[Arrival]:
             for r in requests]  # fmt: skip
 
 
-def run(args, trace: list[Request], out=sys.stdout) -> dict:
+def run(args, trace: list[Request], out=None) -> dict:
+    out = out or sys.stdout
     sla = args.sla_ttft_ms / 1e3
     rows = []
     print(table_header(sla), file=out, flush=True)
