@@ -2,8 +2,8 @@
 virtual time, each step lasting what the profile says it costs (carpool_replica.steptime).
 
 Contract: a `Replica` holds no scheduling rule of its own; admission, priorities, batch limits
-and windows, KV admission, chunked prefill, expiry and too-long are the shared scheduler's. It
-adds only time:
+and windows, KV admission (in blocks of `KV_BLOCK_TOKENS`, as the worker's paged cache),
+chunked prefill, expiry and too-long are the shared scheduler's. It adds only time:
 - time advances only through `run_until(t)`; a step planned at `t0` ends at `t0 + cost(step)`,
   and the step that finishes a prompt's prefill emits its first token at its end;
 - a run of identical decode steps (`Scheduler.steady_decode_steps`) is simulated as one segment
@@ -27,6 +27,8 @@ from carpool_sim.trace import Request
 
 # The emulated worker's tokens are deterministic too; here no token is ever an EOS.
 _TOKEN = 0
+# Tokens per KV block: the worker's default block size for its paged KV cache.
+KV_BLOCK_TOKENS = 64
 
 
 class Recorder(Protocol):
@@ -59,7 +61,9 @@ class Replica:
             max_seq_len,
             prefill_chunk_tokens,
             kv_cache_tokens=kv_cache_tokens,
-            kv_block_tokens=1,
+            # Reservations round up to whole blocks as in the worker, and block ids stay few
+            # (one id per token made the simulator twice as slow).
+            kv_block_tokens=KV_BLOCK_TOKENS,
         )
         self.busy_seconds = 0.0
         # The segment in progress: `_steps` steps of `_step_seconds` from `_start`, or None.

@@ -12,8 +12,9 @@ of finished requests. The rules:
 - Higher ``priority`` endpoints are admitted first; within an endpoint, first come first served.
 - A request is too long (400) when its prompt plus ``max_tokens`` exceeds the context
   (``max_seq_len``) or the whole KV budget; it is never queued.
-- KV admission: an admitted request reserves its prompt plus ``max_tokens`` in whole blocks of
-  ``kv_block_tokens`` out of ``kv_cache_tokens`` until it leaves. When the head of the
+- KV admission: the cache is ``kv_cache_tokens // kv_block_tokens`` blocks, ids ``0..n-1``. An
+  admitted request takes the blocks for its prompt plus ``max_tokens`` (``Request.blocks``)
+  and gives them back when it leaves. When the head of the
   highest-priority waiting queue does not fit, admission stops for this step, so lower
   priorities never overtake it. (A slot cache is the case of one block per slot.)
 - An endpoint never runs more than ``maxBatchSize`` requests at once.
@@ -79,6 +80,11 @@ class Request:
       that of a run never preempted.
 
     ``prompt_ids`` stays the original prompt: usage and prompt-token counts are taken from it.
+
+    While it runs, a request holds a batch row ``slot`` and the KV blocks ``blocks``: block
+    ``i`` holds positions ``i * B .. (i + 1) * B - 1`` (``B`` is the scheduler's
+    ``kv_block_tokens``), enough for the prompt plus ``max_tokens``. It holds neither while it
+    waits.
     """
 
     # Token ids; the simulator passes a range() of the right length, which costs no memory.
@@ -91,6 +97,7 @@ class Request:
     sink: Any = None  # called by the engine with each event; see engine.py
     id: int = field(default_factory=lambda: next(_ids))
     slot: int | None = None
+    blocks: list[int] = field(default_factory=list)  # KV block ids, in position order
     admitted_at: float | None = None
     num_prefilled: int = 0
     output_ids: list[int] = field(default_factory=list)
@@ -171,7 +178,10 @@ class Scheduler:
         self.kv_cache_tokens = (
             kv_cache_tokens if kv_cache_tokens is not None else num_slots * max_seq_len
         )
-        self.kv_reserved = 0
+        self.num_blocks = self.kv_cache_tokens // self.kv_block_tokens
+        # Block ids 0..num_blocks-1; taken from and given back at the end (a stack).
+        self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))
+        self.kv_reserved = 0  # tokens, in whole blocks: kv_block_tokens * blocks handed out
         self.free_slots: list[int] = list(range(num_slots - 1, -1, -1))
         self.running: list[Request] = []
         self.endpoints: dict[str, EndpointQueue] = {}
@@ -203,17 +213,20 @@ class Scheduler:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def blocks_needed(self, req: Request) -> int:
+        """KV blocks ``req`` holds while it runs: its prompt plus max_tokens, rounded up."""
+        return -(-(len(req.prompt_ids) + req.max_tokens) // self.kv_block_tokens)
+
     def kv_need(self, req: Request) -> int:
         """KV tokens ``req`` reserves while it runs: prompt plus max_tokens, in whole blocks."""
-        total = len(req.prompt_ids) + req.max_tokens
-        return -(-total // self.kv_block_tokens) * self.kv_block_tokens
+        return self.blocks_needed(req) * self.kv_block_tokens
 
     def submit(self, req: Request) -> None:
         queue = self.endpoints.get(req.endpoint)
         if queue is None or queue.retired:
             raise Rejected(404, f"unknown endpoint {req.endpoint!r}")
         total = len(req.prompt_ids) + req.max_tokens
-        if total > self.max_seq_len or self.kv_need(req) > self.kv_cache_tokens:
+        if total > self.max_seq_len or self.blocks_needed(req) > self.num_blocks:
             limit = min(self.max_seq_len, self.kv_cache_tokens)
             raise Rejected(
                 400,
@@ -302,13 +315,16 @@ class Scheduler:
                 continue
             for _ in range(take):
                 req = queue.waiting[0]
-                need = self.kv_need(req)
-                if self.kv_reserved + need > self.kv_cache_tokens:
+                need = self.blocks_needed(req)
+                if need > len(self.free_blocks):
                     return  # the head waits for KV; lower priorities must not overtake it
                 queue.waiting.popleft()
                 req.slot = self.free_slots.pop()
-                req.kv_reserved = need
-                self.kv_reserved += need
+                cut = len(self.free_blocks) - need
+                req.blocks = self.free_blocks[cut:][::-1]
+                del self.free_blocks[cut:]
+                req.kv_reserved = need * self.kv_block_tokens
+                self.kv_reserved += req.kv_reserved
                 req.admitted_at = now
                 queue.running += 1
                 self.running.append(req)
@@ -354,6 +370,8 @@ class Scheduler:
     def _release(self, req: Request) -> None:
         self.running.remove(req)
         self.free_slots.append(req.slot)
+        self.free_blocks.extend(reversed(req.blocks))
+        req.blocks = []
         self.kv_reserved -= req.kv_reserved
         req.kv_reserved = 0
         queue = self.endpoints.get(req.endpoint)

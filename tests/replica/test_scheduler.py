@@ -252,6 +252,22 @@ def test_kv_is_reserved_in_whole_blocks():
     assert sched.kv_need(req("a", prompt=100, max_tokens=29)) == 192
 
 
+def test_admission_hands_out_block_ids_for_prompt_plus_max_tokens_and_takes_them_back():
+    sched = Scheduler(limits(a={}), 8, 1000, 1000, kv_cache_tokens=700, kv_block_tokens=64)
+    assert sched.num_blocks == 10 and sorted(sched.free_blocks) == list(range(10))
+    a, b = req(prompt=100, max_tokens=29), req(prompt=64, max_tokens=64)  # 3 and 2 blocks
+    sched.submit(a)
+    sched.submit(b)
+    sched.schedule(0.0)
+    assert (len(a.blocks), len(b.blocks)) == (3, 2)
+    assert len(set(a.blocks) | set(b.blocks) | set(sched.free_blocks)) == 10
+    assert sched.kv_reserved == 5 * 64
+    a.cancel()
+    sched.schedule(0.1)
+    assert a.blocks == []
+    assert len(sched.free_blocks) == 8 and sched.kv_reserved == 2 * 64
+
+
 def test_a_request_larger_than_the_whole_kv_budget_is_too_long():
     sched = Scheduler(limits(a={}), 8, 4096, 1000, kv_cache_tokens=1000, kv_block_tokens=1)
     with pytest.raises(Rejected) as exc:
