@@ -13,7 +13,8 @@ Per rate (:func:`rate_figures`) it prints one table row and, with ``--json PATH`
 figures:
 
 - the offered rate (the rate asked for, and the requests sent) and the achieved rate (requests
-  completed with status 200 per second, over the makespan: first send to last completion);
+  completed with status 200 per second, over the makespan: from the first send to the last
+  completion or send, or to the deadline when some request was unfinished);
 - TTFT p50/p95/p99 as the client saw it (send to first streamed chunk), nearest-rank percentiles
   over *every request sent*: one that got no first token (an error, a 429, unfinished) counts as
   infinitely late, so a rate that drops more than 5% of its requests has an infinite p95 (printed
@@ -137,7 +138,10 @@ def rate_figures(
     itls = [itl for o in done if (itl := inter_token_seconds(o)) is not None]
     starts = [o.sent_at for o in outcomes]
     ends = [o.finished_at for o in done]
-    makespan = max(ends) - min(starts) if ends else 0.0
+    unfinished = sent - len(outcomes)
+    # Until the last completion or send; a rate cut off by its deadline ran until the deadline.
+    end = max([*ends, *starts, deadline_seconds if unfinished else -math.inf], default=0.0)
+    makespan = end - min(starts, default=0.0) if ends else 0.0
     tokens = sum(generated(o) for o in done)
     good = sum(1 for t in ttfts if t <= sla_seconds)
 
@@ -161,7 +165,7 @@ def rate_figures(
         "sla_ttft_seconds": sla_seconds,
         "status_429": sum(1 for o in outcomes if o.status == 429),
         "errors": sum(1 for o in outcomes if o.status not in (200, 429)),
-        "unfinished": sent - len(outcomes),
+        "unfinished": unfinished,
         "makespan_seconds": round(makespan, 3),
         "deadline_seconds": round(deadline_seconds, 3),
         # No first token for more than 5%: p95 is infinite, the rate misses any SLA.

@@ -122,7 +122,7 @@ def test_figures_count_requests_without_a_first_token_as_infinitely_late():
     assert figures["ttft_p95_seconds"] is None and figures["ttft_p99_seconds"] is None
     assert not figures["ttft_p95_within_sla"]
     assert figures["itl_p95_seconds"] == pytest.approx(0.01)
-    makespan = 18.0 + 2.0 + 0.04  # first send to the last completion
+    makespan = 60.0  # one request was unfinished: the rate ran until its deadline
     assert figures["makespan_seconds"] == pytest.approx(makespan, abs=1e-3)
     assert figures["achieved_rps"] == pytest.approx(19 / makespan, abs=1e-3)
     assert figures["goodput_rps"] == pytest.approx(17 / makespan, abs=1e-3)
@@ -133,7 +133,9 @@ def test_figures_count_requests_without_a_first_token_as_infinitely_late():
 def test_one_error_in_forty_keeps_p95_finite():
     ok = [outcome(float(i), 0.2) for i in range(39)]
     figures = serve.rate_figures(1.0, 40, [*ok, outcome(39.0, None, status=500)], 1.0, 60.0)
-    assert figures["errors"] == 1
+    assert figures["errors"] == 1 and figures["unfinished"] == 0
+    # Nothing unfinished: from the first send to the last completion (38.24) or send (39).
+    assert figures["makespan_seconds"] == pytest.approx(39.0)
     assert figures["ttft_p95_seconds"] == pytest.approx(0.2)
     assert figures["ttft_p99_seconds"] is None
     assert figures["ttft_p95_within_sla"]
