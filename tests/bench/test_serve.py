@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,26 @@ def test_the_token_mix_depends_on_the_rate_and_seed_alone_and_keeps_its_bounds()
 def test_a_bad_rate_list_exits_2(capsys):
     assert carpool(["bench", "serve", "--url", "http://127.0.0.1:1", "--rates", "0,1"]) == 2
     assert "--rates" in capsys.readouterr().err
+
+
+def test_the_transformers_peer_serves_the_token_mix_on_cpu(tmp_path):
+    """bench/hf_serve_peer.py, the GPU peer, end to end on a 2-layer model: 4 requests."""
+    out = tmp_path / "peer.json"
+    result = subprocess.run(
+        [sys.executable, "bench/hf_serve_peer.py", "--model", "tiny", "--device", "cpu",
+         "--rates", "2", "--max-requests", "4", "--max-prompt-tokens", "256",
+         "--sla-ttft-ms", "5000", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    print(result.stdout, result.stderr[-2000:])
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert "# goodput at TTFT <= 5000 ms" in lines
+    assert "capacity at p95 TTFT <= 5000 ms: at least 2 req/s" in result.stdout
+    document = json.loads(out.read_text())
+    assert json.loads(lines[-1]) == document
+    assert document["token_times"] == "record_timestamps"
+    (row,) = document["rates"]
+    assert row["sent"] == row["completed"] == 4 and row["unfinished"] == row["errors"] == 0
+    assert 0 < row["ttft_p50_seconds"] <= row["ttft_p95_seconds"] < 5
+    assert row["itl_p95_seconds"] > 0 and row["output_tokens_per_second"] > 0
