@@ -11,7 +11,8 @@ chunked prefill, expiry and too-long are the shared scheduler's. It adds only ti
   `interrupt(now)` cuts such a segment at the next step boundary when something arrives, and a
   segment never runs past the next batch-window close or queue-wait expiry;
 - every request's fate goes to the `Recorder`: admitted, first token, finished, rejected
-  (`too-long`, `queue-full` or `expired`).
+  (`too-long`, `queue-full` or `expired`); a request preempted by a higher priority
+  (`Step.preempted`) is admitted and gets its first token once, however often it resumes.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class Replica:
         for req in step.expired:
             self.recorder.rejected(req.sink, now, "expired")
         for req in step.admitted:
-            self.recorder.admitted(req.sink, now)
+            if not req.preemptions:  # a preempted request resuming was recorded when it started
+                self.recorder.admitted(req.sink, now)
         deadline = self.scheduler.next_deadline(now)
         if not step.has_work:
             self._wake = deadline

@@ -5,24 +5,35 @@ budget. It is the one model of a replica's rules: the worker's engine drives it 
 (or an emulated) step, the simulator drives it in virtual time. ``submit`` queues a request or
 raises :class:`Rejected` (404 unknown endpoint, 400 too long, 429 queue full);
 ``schedule(now)`` returns the next :class:`Step`: requests that left (cancelled, or past their
-endpoint's ``maxQueueWaitMilliseconds``: 429), requests admitted into slots, the prefill chunks
-and the decode batch; ``complete(step, tokens)`` records the sampled tokens and frees the slots
-of finished requests. The rules:
+endpoint's ``maxQueueWaitMilliseconds``: 429), requests preempted, requests admitted into
+slots, the prefill chunks and the decode batch; ``complete(step, tokens)`` records the sampled
+tokens and frees the slots and blocks of finished requests. The rules:
 
 - Higher ``priority`` endpoints are admitted first; within an endpoint, first come first served.
 - A request is too long (400) when its prompt plus ``max_tokens`` exceeds the context
   (``max_seq_len``) or the whole KV budget; it is never queued.
 - KV admission: the cache is ``kv_cache_tokens // kv_block_tokens`` blocks, ids ``0..n-1``. An
   admitted request takes the blocks for its prompt plus ``max_tokens`` (``Request.blocks``)
-  and gives them back when it leaves. When the head of the
-  highest-priority waiting queue does not fit, admission stops for this step, so lower
-  priorities never overtake it. (A slot cache is the case of one block per slot.)
+  and gives them back when it leaves (finished, cancelled, failed or preempted). When the head
+  of the highest-priority waiting queue does not fit, even by preemption, admission stops for
+  this step, so lower priorities never overtake it. (A slot cache is the case of one block per
+  slot.)
+- Preemption: a higher priority never waits more than one step for blocks or a slot held by
+  lower priorities. When a waiting head is ready (its window rule is met, its endpoint has
+  batch room) but no slot or too few blocks are free, running requests of strictly lower
+  priority are preempted, lowest priority first and most recently admitted first among equals,
+  until it fits; nobody is preempted when all of them would not make room. A preempted
+  request (``Step.preempted``) gives back its slot and blocks, keeps its outputs and its
+  arrival time, and waits at the front of its queue; admitted again (not in the same step),
+  it prefills its prompt and outputs again (``Request.prefill_ids``) and carries on.
+- A waiting request expires (429) past its endpoint's ``maxQueueWaitMilliseconds``, unless it
+  has produced a token: a preempted request whose client is streaming waits as long as it must.
 - An endpoint never runs more than ``maxBatchSize`` requests at once.
 - A waiting request is admitted once its endpoint's queue can fill the endpoint's free batch
   room, or once the oldest of them has waited ``batchWindowMilliseconds``; while a
   higher-priority endpoint gathers its batch, the slots it would take are held for it.
-- Each step decodes every running request that has its prompt in the cache, and prefills at
-  most ``prefill_chunk_tokens`` prompt tokens (long prompts go in chunks), so a long prompt
+- Each step decodes every running request that has its ``prefill_ids`` in the cache, and
+  prefills at most ``prefill_chunk_tokens`` tokens (long prompts go in chunks), so a long prompt
   never stalls the decodes running beside it. Both go in priority order, then arrival order.
 - A cancelled request leaves at the next step and its slot is free for that step's admissions.
 - Limits change at any time; endpoints dropped from the document stop taking requests but
@@ -105,6 +116,7 @@ class Request:
     cancelled: bool = False
     cancel_reason: str = "cancelled"
     kv_reserved: int = 0
+    preemptions: int = 0  # times it was preempted; admitted again, it resumes
     prefill_ids: Sequence[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -134,7 +146,9 @@ class Request:
 class Step:
     cancelled: list[Request] = field(default_factory=list)
     expired: list[Request] = field(default_factory=list)
-    admitted: list[Request] = field(default_factory=list)
+    admitted: list[Request] = field(default_factory=list)  # new, and resumed after preemption
+    # Running requests sent back to wait (their slot and blocks taken for a higher priority).
+    preempted: list[Request] = field(default_factory=list)
     prefill: list[tuple[Request, int, int]] = field(default_factory=list)  # (req, start, length)
     decode: list[Request] = field(default_factory=list)
 
@@ -243,10 +257,12 @@ class Scheduler:
         queue.waiting.append(req)
 
     def take_waiting(self) -> list[Request]:
-        """Removes and returns every queued request (a draining replica hands its queue back)."""
-        taken = [req for queue in self.endpoints.values() for req in queue.waiting]
+        """Removes and returns every queued request never admitted (a draining replica hands its
+        queue back); preempted ones stay, to finish where they started."""
+        taken = []
         for queue in self.endpoints.values():
-            queue.waiting.clear()
+            taken += [req for req in queue.waiting if not req.preemptions]
+            queue.waiting = deque(req for req in queue.waiting if req.preemptions)
         return taken
 
     def counts(self) -> dict[str, tuple[int, int]]:
@@ -288,7 +304,7 @@ class Scheduler:
                 if req.cancelled:
                     req.finish_reason = req.cancel_reason
                     step.cancelled.append(req)
-                elif now - req.arrival > deadline:
+                elif now - req.arrival > deadline and not req.output_ids:
                     req.finish_reason = "expired"
                     step.expired.append(req)
                 else:
@@ -297,10 +313,10 @@ class Scheduler:
         self._drop_drained_endpoints()
 
     def _admit(self, step: Step, now: float) -> None:
-        free = len(self.free_slots)
+        free = len(self.free_slots)  # slots still to hand out, less those held for windows
         order = sorted(self.endpoints.values(), key=lambda queue: -queue.limits.priority)
         for queue in order:
-            if not queue.waiting or free == 0:
+            if not queue.waiting:
                 continue
             room = max(0, queue.limits.max_batch_size - queue.running)
             if room == 0:
@@ -309,15 +325,19 @@ class Scheduler:
             # The 1 ns tolerance makes a window that closes exactly now closed, whatever the
             # rounding of arrival + window (the simulator wakes at exactly that time).
             gathered = len(queue.waiting) >= room or now - queue.waiting[0].arrival >= window - 1e-9
-            take = min(room, free, len(queue.waiting))
             if not gathered:
-                free -= take  # held for this endpoint while its window runs
+                free -= min(room, free, len(queue.waiting))  # held while its window runs
                 continue
-            for _ in range(take):
+            for _ in range(min(room, len(queue.waiting))):
                 req = queue.waiting[0]
+                if req in step.preempted:
+                    return  # it waits for the next step, and lower priorities with it
                 need = self.blocks_needed(req)
-                if need > len(self.free_blocks):
-                    return  # the head waits for KV; lower priorities must not overtake it
+                if free == 0 or need > len(self.free_blocks):
+                    freed = self._preempt_for(queue.limits.priority, need, free, step)
+                    if freed is None:
+                        return  # the head waits; lower priorities must not overtake it
+                    free += freed
                 queue.waiting.popleft()
                 req.slot = self.free_slots.pop()
                 cut = len(self.free_blocks) - need
@@ -325,11 +345,46 @@ class Scheduler:
                 del self.free_blocks[cut:]
                 req.kv_reserved = need * self.kv_block_tokens
                 self.kv_reserved += req.kv_reserved
-                req.admitted_at = now
+                if req.admitted_at is None:
+                    req.admitted_at = now
                 queue.running += 1
                 self.running.append(req)
                 step.admitted.append(req)
-            free -= take
+                free -= 1
+
+    def _priority(self, req: Request) -> int:
+        return self.endpoints[req.endpoint].limits.priority
+
+    def _preempt_for(self, priority: int, need: int, free: int, step: Step) -> int | None:
+        """Preempts running requests of priorities below ``priority`` until a slot and ``need``
+        blocks are free: lowest priority first, most recently admitted first among equals.
+        Preempts nobody, and returns None, when all of them would not be enough; else returns
+        how many slots it freed."""
+        # self.running is in admission order: a later index was admitted more recently.
+        eligible = [(i, r) for i, r in enumerate(self.running) if self._priority(r) < priority]
+        eligible.sort(key=lambda ir: (self._priority(ir[1]), -ir[0]))
+        victims = [r for _, r in eligible]
+        blocks = len(self.free_blocks) + sum(len(r.blocks) for r in victims)
+        if free + len(victims) == 0 or blocks < need:
+            return None
+        freed = 0
+        for victim in victims:
+            if free + freed > 0 and len(self.free_blocks) >= need:
+                break
+            self._preempt(victim, step)
+            freed += 1
+        return freed
+
+    def _preempt(self, req: Request, step: Step) -> None:
+        """Takes ``req``'s slot and blocks back; it keeps its outputs and waits at the front of
+        its queue to prefill its prompt and outputs again (``prefill_ids``)."""
+        self._release(req)
+        req.slot = None
+        req.preemptions += 1
+        req.prefill_ids = [*req.prompt_ids, *req.output_ids]
+        req.num_prefilled = 0
+        self.endpoints[req.endpoint].waiting.appendleft(req)
+        step.preempted.append(req)
 
     def steady_decode_steps(self, step: Step) -> int:
         """How many steps identical to ``step`` can run back to back: 1 unless it only decodes,
@@ -384,9 +439,10 @@ class Scheduler:
         times = []
         for queue in self.endpoints.values():
             if queue.waiting:
-                head = queue.waiting[0].arrival
-                times.append(head + queue.limits.batch_window_ms / 1000.0)
-                times.append(head + queue.limits.max_queue_wait_ms / 1000.0 + 1e-3)
+                head = queue.waiting[0]
+                times.append(head.arrival + queue.limits.batch_window_ms / 1000.0)
+                if not head.output_ids:  # one that has streamed tokens never expires
+                    times.append(head.arrival + queue.limits.max_queue_wait_ms / 1000.0 + 1e-3)
         future = [t for t in times if t > now]
         return min(future) if future else None
 
