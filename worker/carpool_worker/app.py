@@ -18,6 +18,7 @@ import hmac
 import logging
 import time
 import uuid
+import weakref
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -43,6 +44,36 @@ ENDPOINT_HEADER = "x-carpool-endpoint"
 DISCONNECT_POLL_SECONDS = 0.25
 
 log = logging.getLogger(__name__)
+
+
+class LoopHub:
+    """Carries the engine's events to one asyncio loop: each step's events for this loop's
+    requests cross threads in one ``call_soon_threadsafe``, and each request's sink (a
+    :class:`QueueSink`) is called there, in the engine's order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    def post(self, batch: list) -> None:
+        """From the engine thread: one step's [(sink, event), ...]."""
+        self.loop.call_soon_threadsafe(self._deliver, batch)
+
+    @staticmethod
+    def _deliver(batch: list) -> None:
+        for sink, event in batch:
+            sink(event)
+
+
+class QueueSink:
+    """A request's engine sink: puts each event on its queue, on the hub's loop."""
+
+    __slots__ = ("hub", "queue")
+
+    def __init__(self, hub: LoopHub, queue: asyncio.Queue):
+        self.hub, self.queue = hub, queue
+
+    def __call__(self, event) -> None:
+        self.queue.put_nowait(event)
 
 
 def error_response(status: int, message: str, param=None, headers=None) -> JSONResponse:
@@ -125,6 +156,7 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
         worker.close()
 
     app = FastAPI(title="carpool worker", lifespan=lifespan, docs_url=None, redoc_url=None)
+    hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> LoopHub
     created = int(time.time())  # the model object's "created": when this worker began serving
 
     base_openapi = app.openapi
@@ -291,6 +323,9 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
             count_invalid(endpoint)
             raise
         loop = asyncio.get_running_loop()
+        hub = hubs.get(loop)
+        if hub is None:
+            hub = hubs[loop] = LoopHub(loop)
         events: asyncio.Queue = asyncio.Queue()
         req = EngineRequest(
             prompt_ids=params.prompt_ids,
@@ -299,7 +334,7 @@ def create_app(worker: Worker, load_on_startup: bool = True) -> FastAPI:
             arrival=time.monotonic(),
             temperature=params.temperature,
             top_p=params.top_p,
-            sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            sink=QueueSink(hub, events),
         )
         try:
             worker.engine.submit(req)
@@ -440,6 +475,13 @@ class Completion:
 
     async def next_event(self, request: Request | None):
         """The next engine event, or None when the client disconnected while we waited."""
+        if self._pending_get is None and not self.events.empty():
+            return self.events.get_nowait()  # already here: no task, no timer
+        if request is None:  # nobody to poll: wait for the event itself
+            if self._pending_get is not None:
+                event, self._pending_get = await self._pending_get, None
+                return event
+            return await self.events.get()
         if self._pending_get is None:
             self._pending_get = asyncio.ensure_future(self.events.get())
         while True:

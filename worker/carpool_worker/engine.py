@@ -6,6 +6,10 @@ Contract: ``Engine(runner, limits, metrics)``; ``start()`` launches the step loo
 request's ``sink`` is called, from the engine thread, with :class:`TokenEvent` for each token and
 exactly one closing :class:`DoneEvent` (finish reason ``stop``, ``length``, ``cancelled``,
 ``expired`` with a 429 ``Rejected`` attached, or ``error`` with the reason in ``error``).
+Events go out once per step, in order. A sink with a ``hub`` attribute is not called from the
+engine thread: the engine hands each hub all of the step's events for its sinks in one
+``hub.post([(sink, event), ...])`` call, and the hub calls those sinks in that order on its own
+thread (the HTTP layer's event loop: one thread-safe hand-over per step, not one per token).
 A request whose processing fails (the runner raises) ends alone with ``error``: the step is run
 again one request at a time, and every other request of the step keeps its token.
 ``apply_limits(doc)`` swaps the limits between two steps (raising ``StaleLimits`` for an older
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from carpool_replica.scheduler import Rejected, Request, Scheduler, Step
 
 from .limits import LimitsDocument
-from .metrics import WorkerMetrics
+from .metrics import WorkerMetrics, observe_each
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._last_token_at: dict[int, float] = {}
         self._errors: dict[int, str] = {}  # request id -> why it failed, until it is closed
+        self._outbox: list[tuple[Request, TokenEvent | DoneEvent]] = []  # this step's events
 
     # -- API used by the HTTP layer and the tests --------------------------------------------
 
@@ -154,6 +159,7 @@ class Engine:
                 retry_after=1,
             )
             self._close(req, DoneEvent("expired", rejection), now)
+        self._flush()
 
     def _run_step(self, step: Step) -> None:
         started = self.clock()
@@ -170,10 +176,10 @@ class Engine:
         m.kv_usage.set(kv_in_use / (self.runner.num_slots * self.runner.max_seq_len))
         m.observe_step(now - started, [*step.decode, *(r for r, _, _ in step.prefill)], running)
         m.set_queue_counts(counts)
-        for req, token in emitted:
-            self._emit_token(req, token, now)
+        self._emit_tokens(emitted, now)
         for req in finished:
             self._close(req, DoneEvent(req.finish_reason), now)
+        self._flush()
 
     def _execute(self, step: Step) -> dict[int, int]:
         """The step's tokens. When the batch fails, each request runs again alone, so only the
@@ -198,18 +204,34 @@ class Engine:
                 req.cancel("error")
         return tokens
 
-    def _emit_token(self, req: Request, token: int, now: float) -> None:
+    def _emit_tokens(self, emitted: list[tuple[Request, int]], now: float) -> None:
+        """Records the step's tokens in the latency histograms and the token counter, in one
+        batch per endpoint (``metrics.observe_each``: the same counts and sums as observing each
+        token in turn), and queues their events."""
+        last_token_at = self._last_token_at
+        outbox = self._outbox
+        by_endpoint: dict[str, tuple[list, list, list]] = {}  # ttft, service, inter-token
+        for req, token in emitted:
+            per = by_endpoint.get(req.endpoint)
+            if per is None:
+                per = by_endpoint[req.endpoint] = ([], [], [])
+            last = last_token_at.get(req.id)
+            if last is None:
+                per[0].append(now - req.arrival)
+                admitted = req.arrival if req.admitted_at is None else req.admitted_at
+                per[1].append(now - admitted)
+            else:
+                per[2].append(now - last)
+            last_token_at[req.id] = now
+            outbox.append((req, TokenEvent(token)))
         m = self.metrics
-        last = self._last_token_at.get(req.id)
-        if last is None:
-            m.ttft.labels(req.endpoint).observe(now - req.arrival)
-            admitted = req.arrival if req.admitted_at is None else req.admitted_at
-            m.service_time.labels(req.endpoint).observe(now - admitted)
-        else:
-            m.inter_token.labels(req.endpoint).observe(now - last)
-        self._last_token_at[req.id] = now
-        m.generated_tokens.labels(req.endpoint).inc()
-        self._send(req, TokenEvent(token))
+        for endpoint, (ttft, service, inter) in by_endpoint.items():
+            if ttft:
+                observe_each(m.ttft.labels(endpoint), ttft)
+                observe_each(m.service_time.labels(endpoint), service)
+            if inter:
+                observe_each(m.inter_token.labels(endpoint), inter)
+            m.generated_tokens.labels(endpoint).inc(len(ttft) + len(inter))
 
     def _close(self, req: Request, event: DoneEvent, now: float) -> None:
         had_token = self._last_token_at.pop(req.id, None) is not None
@@ -220,13 +242,31 @@ class Engine:
             self.metrics.abandoned.labels(req.endpoint, stage).inc()
         if outcome == "ok":
             self.metrics.duration.labels(req.endpoint).observe(now - req.arrival)
-        self._send(req, event)
+        self._outbox.append((req, event))
 
-    @staticmethod
-    def _send(req: Request, event) -> None:
-        if req.sink is None:
+    def _flush(self) -> None:
+        """Sends the queued events: straight to plain sinks, in one post to each hub."""
+        if not self._outbox:
             return
-        try:
-            req.sink(event)
-        except Exception:  # a broken consumer must not take the engine down
-            log.exception("request %d: event sink failed", req.id)
+        outbox, self._outbox = self._outbox, []
+        hubs: dict = {}  # hub -> [(sink, event), ...]
+        for req, event in outbox:
+            sink = req.sink
+            if sink is None:
+                continue
+            hub = getattr(sink, "hub", None)
+            if hub is None:
+                try:
+                    sink(event)
+                except Exception:  # a broken consumer must not take the engine down
+                    log.exception("request %d: event sink failed", req.id)
+                continue
+            batch = hubs.get(hub)
+            if batch is None:
+                batch = hubs[hub] = []
+            batch.append((sink, event))
+        for hub, batch in hubs.items():
+            try:
+                hub.post(batch)
+            except Exception:
+                log.exception("event hub failed; %d events not delivered", len(batch))
