@@ -1,6 +1,6 @@
 """The engine's events cross to the HTTP side once per step, and the host work per token stays
 cheap without changing what comes out: every token in order and exactly one done per request,
-metrics that count every token."""
+metrics that count every token, the same text as decoding every id each time."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import threading
 import time
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from carpool_replica.buckets import LATENCY_BUCKETS
 from carpool_replica.scheduler import Request
@@ -21,6 +23,7 @@ from carpool_worker.engine import DoneEvent, Engine, TokenEvent
 from carpool_worker.limits import EndpointLimits, LimitsDocument
 from carpool_worker.metrics import observe_each
 from carpool_worker.server import Worker, WorkerSettings
+from carpool_worker.tokenizer import IncrementalDecoder, TextCodec, byte_level_tokenizer
 
 from .conftest import RunningServer, wait_for
 
@@ -186,6 +189,74 @@ def test_a_loop_hub_delivers_on_its_loop_in_order():
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
         loop.close()
+
+
+# -- detokenizing ------------------------------------------------------------------------
+
+
+def full_decode_deltas(codec: TextCodec, ids: list[int]) -> list[str]:
+    """The reference: decode every id so far at each token, send what the text added."""
+    out, emitted = [], ""
+    for n in range(1, len(ids) + 1):
+        text = codec.decode(ids[:n])
+        if text.endswith("\ufffd"):
+            out.append("")
+            continue
+        out.append(text[len(emitted) :] if text.startswith(emitted) else "")
+        emitted = text
+    return out
+
+
+def byte_codec() -> TextCodec:
+    return TextCodec(byte_level_tokenizer(), 256, 258)
+
+
+def random_ids(rng: random.Random, n: int) -> list[int]:
+    """Bytes of mixed text (ASCII, 2-4 byte characters, some split), stray bytes, specials."""
+    ids: list[int] = []
+    while len(ids) < n:
+        pick = rng.random()
+        if pick < 0.5:
+            ids += list(rng.choice(["a", "é", "€", "😀", " x", "\n"]).encode())
+        elif pick < 0.7:
+            ids.append(rng.randrange(0x80, 0x100))  # a continuation or lead byte alone
+        elif pick < 0.8:
+            ids.append(rng.choice([256, 257]))  # BOS / EOS: skipped
+        else:
+            ids += list("\ufffd".encode())  # a real U+FFFD in the text
+    return ids[:n]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_incremental_decoding_sends_what_decoding_every_id_sends(seed):
+    codec = byte_codec()
+    ids = random_ids(random.Random(seed), 120)
+    decoder = IncrementalDecoder(codec)
+    assert [decoder.push(i) for i in ids] == full_decode_deltas(codec, ids)
+
+
+def test_a_byte_level_decoder_decodes_only_the_ids_since_the_last_whole_text():
+    codec = byte_codec()
+    decoded: list[int] = []
+    decode = codec.decode
+    codec.decode = lambda ids: decoded.append(len(ids)) or decode(ids)
+    decoder = IncrementalDecoder(codec)
+    text = "".join(decoder.push(i) for i in ("héllo wörld " * 40).encode())
+    assert text == "héllo wörld " * 40
+    assert max(decoded) == 2  # a two-byte character; never the whole output
+
+
+def test_a_decoder_that_is_not_byte_level_still_decodes_every_id():
+    vocab = {"<unk>": 0, "▁hello": 1, "▁world": 2, "!": 3}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()  # strips the first token's leading space only
+    codec = TextCodec(tokenizer, None, 4)
+    ids = [1, 2, 3, 1, 3, 2]
+    decoder = IncrementalDecoder(codec)
+    deltas = [decoder.push(i) for i in ids]
+    assert deltas == full_decode_deltas(codec, ids)
+    assert "".join(deltas) == "hello world! hello! world"
 
 
 # -- through HTTP ------------------------------------------------------------------------

@@ -83,21 +83,35 @@ class TextCodec:
 
 
 class IncrementalDecoder:
-    """Yields the new text of each token, holding back an incomplete UTF-8 sequence."""
+    """Yields the new text of each token, holding back an incomplete UTF-8 sequence.
+
+    The text of each push is what decoding all the ids so far adds to the text already sent.
+    With a byte-level decoder (the presets' tokenizer, and checkpoints such as Llama 3's), the
+    text of a list of ids is the text of its first part plus the text of the rest whenever the
+    first part's text is whole (it ends in no U+FFFD, so no UTF-8 sequence is split there); the
+    decoder then decodes only the ids since the last whole text, so a token costs the same at
+    any length. Other decoders (a leading space stripped, say) decode every id each time.
+    """
 
     def __init__(self, codec: TextCodec):
         self.codec = codec
         self.ids: list[int] = []
         self.emitted = ""
+        # Decode from here (a whole text ended just before it), or always from 0.
+        self.start = 0
+        self.additive = isinstance(codec.tokenizer.decoder, decoders.ByteLevel)
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.codec.decode(self.ids)
+        ids = self.ids[self.start :] if self.start else self.ids
+        text = self.codec.decode(ids)
         # A partial multi-byte character decodes to U+FFFD; wait for the rest of it.
         if text.endswith("\ufffd"):
             return ""
         delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text
+        if self.additive:  # whole: the next push decodes only what follows
+            self.start, self.emitted = len(self.ids), ""
         return delta
 
 
