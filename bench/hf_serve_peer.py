@@ -63,7 +63,15 @@ from carpool_sim.trace import Request, load_azure_csv  # noqa: E402
 from carpool_worker.bench_prefill import hf_peer  # noqa: E402
 from carpool_worker.config import resolve_model_config  # noqa: E402
 
-ATTN_CANDIDATES = ("sdpa", "paged|sdpa", "sdpa_paged", "paged|eager", "eager_paged")
+# (implementation, let transformers switch it to flash attention): the first that serves a smoke
+# request runs. The flash switch needs a flash package (or the hub-fetched `kernels` one).
+ATTN_CANDIDATES = (
+    ("sdpa", True),
+    ("sdpa", False),
+    ("paged|eager", False),
+    ("sdpa_paged", False),  # older transformers' spellings
+    ("paged_attention", False),
+)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -85,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sla-ttft-ms", type=float, default=1000.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attn", help="the attention implementation (default: sdpa, then fallbacks)")
+    p.add_argument(
+        "--attn",
+        help="run this attention implementation as it is (default: sdpa, switched to flash "
+        "attention by transformers where installed, then fallbacks)",
+    )
     p.add_argument("--num-blocks", type=int,
                    help="KV cache blocks (default: transformers sizes it from free GPU memory; "
                    "on CPU, enough for 16 requests of the longest prompt)")  # fmt: skip
@@ -103,13 +115,15 @@ def note(text: str) -> None:
     print(f"# {text}", flush=True)
 
 
-def cb_config(args, requests_by_rate):
+def cb_config(args, requests_by_rate, auto_switch_to_flash: bool):
     """transformers' ContinuousBatchingConfig (None on versions without one)."""
     try:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
     except ImportError:
         return None
     kwargs = {}
+    if "auto_switch_to_flash" in getattr(ContinuousBatchingConfig, "__dataclass_fields__", {}):
+        kwargs["auto_switch_to_flash"] = auto_switch_to_flash
     if args.num_blocks:
         kwargs["num_blocks"] = args.num_blocks
     elif args.device == "cpu":  # transformers sizes the cache from GPU memory only
@@ -208,9 +222,11 @@ class Session:
 
 
 def run_rate(model, args, rate, requests, generation_config, config, hints, streaming):
-    """One rate: (outcomes, warm-up seconds, the manager). The manager stays cached on the model
-    for the next rate, and is hard-stopped at the time limit."""
+    """One rate: (outcomes, warm-up seconds, the manager, the attention implementation it ran).
+    The manager stays cached on the model for the next rate, and is hard-stopped at the time
+    limit (which puts the model's own attention implementation back)."""
     manager = open_manager(model, generation_config, config, hints)
+    attn = model.config._attn_implementation  # as the manager switched it
     warmup = 0.0
     if not args.no_warmup and hasattr(manager, "warmup") and not manager.warmed_up:
         start = time.perf_counter()
@@ -244,7 +260,7 @@ def run_rate(model, args, rate, requests, generation_config, config, hints, stre
             manager.stop(block=True, timeout=120, keep_for_next_session=True)
         session.stop.set()
         collector.join()
-    return session.outcomes(requests, origin, stopped_at), warmup, manager
+    return session.outcomes(requests, origin, stopped_at), warmup, manager, attn
 
 
 def record_timestamps_supported() -> bool:
@@ -263,22 +279,26 @@ def start_model(args, requests_by_rate, generation_config):
     device = torch.device(args.device)
     default = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = hf_peer(config, device, DTYPES[args.dtype] if args.dtype else default)
-    cfg, hints = cb_config(args, requests_by_rate), workload_hints(requests_by_rate)
+    hints = workload_hints(requests_by_rate)
     streaming = not record_timestamps_supported()
     smoke = [Request("default", 0.0, 8, 2)]
     smoke_args = argparse.Namespace(**{**vars(args), "time_limit_seconds": 600.0, "seed": 0})
     failed = []
-    for attn in [args.attn] if args.attn else ATTN_CANDIDATES:
+    for attn, auto_flash in [(args.attn, False)] if args.attn else ATTN_CANDIDATES:
+        cfg = cb_config(args, requests_by_rate, auto_flash)
         try:
             model.set_attn_implementation(attn)
-            results, warmup, _ = run_rate(
+            results, warmup, _, running = run_rate(
                 model, smoke_args, 0.0, smoke, generation_config, cfg, hints, streaming
             )
             if not results or results[0].status != 200:
                 raise RuntimeError("the smoke request did not complete")
-            return model, attn, cfg, hints, streaming, failed, warmup
+            return model, (attn, running), cfg, hints, streaming, failed, warmup
         except Exception as error:  # noqa: BLE001 - try the next implementation
-            failed.append({"attn": attn, "error": f"{type(error).__name__}: {error}"[:300]})
+            failed.append(
+                {"attn": attn, "auto_switch_to_flash": auto_flash,
+                 "error": f"{type(error).__name__}: {error}"[:300]}
+            )  # fmt: skip
             with contextlib.suppress(Exception):
                 model.destroy_cached_continuous_batching_manager()
     raise RuntimeError(f"no attention implementation ran continuous batching: {failed}")
@@ -316,12 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(torch.device(args.device)) if cuda else "cpu",
         "model": args.model,
     }
-    model, attn, cfg, hints, streaming, failed, warmup = start_model(
+    model, (attn, running), cfg, hints, streaming, failed, warmup = start_model(
         args, requests_by_rate, generation_config
     )
     head |= {
         "attn_requested": attn,
-        "attn_running": model.config._attn_implementation,
+        "attn_running": running,
         "attn_failed": failed,
         "token_times": "streamed to a collecting thread" if streaming else "record_timestamps",
         "warmup_seconds": round(warmup, 3),
@@ -331,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     print(serve.table_header(sla), flush=True)
     rows, manager = [], None
     for rate, requests in zip(rates, requests_by_rate, strict=True):
-        results, _, manager = run_rate(
+        results, _, manager, _ = run_rate(
             model, args, rate, requests, generation_config, cfg, hints, streaming
         )
         row = serve.rate_figures(rate, len(requests), results, sla, args.time_limit_seconds)
