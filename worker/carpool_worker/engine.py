@@ -145,8 +145,12 @@ class Engine:
     def _after_schedule(self, step: Step, now: float) -> None:
         m = self.metrics
         for req in step.admitted:
+            if req.preemptions:  # resuming: its wait and prompt were counted when it started
+                continue
             m.queue_wait.labels(req.endpoint).observe(now - req.arrival)
             m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
+        for req in step.preempted:
+            m.preemptions.labels(req.endpoint).inc()
         for req in step.cancelled:
             error = self._errors.pop(req.id, None)
             self._close(req, DoneEvent(req.finish_reason or "cancelled", error=error), now)

@@ -131,6 +131,12 @@ class WorkerMetrics:
             ["endpoint", "stage"],
             registry=r,
         )
+        self.preemptions = Counter(
+            "carpool_worker_preemptions",
+            "Running requests preempted to make room for a higher priority (each resumes later).",
+            ep,
+            registry=r,
+        )
         self.emulated = Gauge(
             "carpool_worker_emulated",
             "1 when no model runs: an emulated GPU sleeps each step's profiled time.",
@@ -178,6 +184,7 @@ class WorkerMetrics:
                 self.prompt_tokens,
                 self.endpoint_batch_size,
                 self.engine_seconds,
+                self.preemptions,
             ):
                 per_endpoint.labels(name)
             for name_gauge in (self.waiting, self.running, self.kv_tokens):
