@@ -5,9 +5,10 @@ profile and the queueing formulas in `queueing`. Its picture of one replica (one
 
 - Requests are spread evenly over the replicas (each sees arrival rate / replicas).
 - Admitting a request costs the GPU its prefill plus the decode step it rides with; these
-  admissions queue in priority order (non-preemptive priority M/G/1, Kingman's correction for
-  bursty arrivals). An endpoint waits for its own and higher classes' admissions and for the
-  residual of whatever is in service, lower classes included.
+  admissions queue in priority order (priority M/G/1, Kingman's correction for bursty
+  arrivals). Prefill is chunked and each step prefills in priority order, so an endpoint waits
+  for its own and higher classes' admissions, and a lower class's prompt in progress delays it
+  by the rest of one step at most (one prefill chunk), not by its whole prefill.
 - Running sequences decode together: the batch is found by Little's law
   (running = throughput * time in the batch) at a fixed point with the step time, which
   grows with the batch and the mean context; prefills interleaved with decode slow it down.
@@ -135,15 +136,23 @@ def forecast(
 
     total_utilization = sum(utilization.values())
     burstiness = (tuning.arrival_scv + tuning.service_scv) / 2.0
-    residual = sum(utilization[n] * (prefill[n] + step) * burstiness for n in utilization)
-    busy = min(0.999, total_utilization)
+    chunk = profile.prefill_seconds(profile.prefill_chunk_tokens) + step
     endpoints: dict[str, EndpointForecast] = {}
     for load in loads:
         higher = sum(utilization[o.name] for o in loads if o.priority > load.priority)
         through_own = higher + sum(
             utilization[o.name] for o in loads if o.priority == load.priority
         )
+        # Prefill is chunked and every step prefills in priority order: this endpoint queues
+        # behind its own and higher classes' admissions, and a lower class's prompt in progress
+        # delays it by the rest of one step at most.
+        residual = sum(
+            utilization[o.name] * (prefill[o.name] + step) * burstiness
+            for o in loads
+            if o.priority >= load.priority
+        )
         mean_wait = priority_mean_wait(residual, higher, through_own)
+        lower = min(0.999, total_utilization - through_own)
         in_batch = prefill[load.name] + load.generated_tokens * step / max(
             0.05, 1.0 - min(0.95, total_utilization)
         )
@@ -151,7 +160,9 @@ def forecast(
 
         waits = _Waits(
             mean_queue=mean_wait,
-            busy=busy,
+            busy=min(0.999, through_own),
+            lower_busy=max(0.0, lower),
+            lower_step=min(chunk, max((prefill[o.name] for o in loads), default=0.0) + step),
             slots=slots[load.name],
             offered_slots=offered_slots,
             in_batch=in_batch,
@@ -214,7 +225,9 @@ def meets_targets(
 @dataclass(frozen=True)
 class _Waits:
     mean_queue: float
-    busy: float
+    busy: float  # the own and higher classes' GPU share: the chance of queueing behind them
+    lower_busy: float  # the lower classes' share: the chance of finding one of their steps
+    lower_step: float  # the longest such step (one prefill chunk)
     slots: int
     offered_slots: float
     in_batch: float
@@ -241,8 +254,16 @@ def _ttft(
     if queueing:
         queue = exponential_tail_quantile(waits.mean_queue, waits.busy, quantile)
         slot = slot_wait_quantile(waits.slots, waits.offered_slots, waits.in_batch, quantile)
-        parts += [(waits.mean_queue, queue), (0.0, slot)]
+        parts += [(waits.mean_queue, queue), (0.0, slot), _lower_step(waits, quantile)]
     return combine_quantiles(parts) + waits.fixed
+
+
+def _lower_step(waits: _Waits, quantile: float) -> tuple[float, float]:
+    """(mean, quantile) of the rest of a lower class's step found in progress: with
+    probability `lower_busy`, uniform up to `lower_step`."""
+    p, length = waits.lower_busy, waits.lower_step
+    tail = 1.0 - quantile
+    return p * length / 2.0, 0.0 if p <= tail else length * (1.0 - tail / p)
 
 
 def planned_queueing(predicted: EndpointForecast, window_seconds: float) -> float:

@@ -14,9 +14,10 @@ function of its arguments and never raises on an observation. Its `Decision`:
 
 The stages, one module each:
 
-    estimate  rates, token means, queue-wait and service-time p95s, queue budgets (estimate)
-    plan      the model: fewest replicas + limits whose predicted queue wait fits (planner)
-    guard     measured queue delay overrides the model (guard)
+    estimate  rates, token means, measured queue delay and service time, queue budgets (estimate)
+    plan      the model, anchored at the measured queue delay: fewest replicas + limits whose
+              predicted queue delay fits (planner)
+    guard     measured queue delay decides the direction and overrides the model (guard)
     damp      fast up, stabilized down, bounded steps (damping)
     explain   conditions and a reason naming every rule that acted (explain)
 """
@@ -30,9 +31,9 @@ from dataclasses import dataclass
 from carpool_policy.capacity import EndpointLoad
 from carpool_policy.damping import damp
 from carpool_policy.estimate import Estimate, estimate
-from carpool_policy.explain import conditions_for, metrics_problem, reason_for, stale_after
+from carpool_policy.explain import conditions_for, metrics_problem, reason_for
 from carpool_policy.guard import guard, measured_ratio
-from carpool_policy.planner import Plan, limits_at, most_favourable_limits, plan
+from carpool_policy.planner import Plan, anchor, limits_at, most_favourable_limits, plan
 from carpool_policy.state import PolicyState
 from carpool_policy.tuning import DEFAULT_TUNING, Tuning
 from carpool_policy.types import (
@@ -60,6 +61,7 @@ class Step:
     damping_note: str
     plan: Plan | None
     capacity_limited: bool
+    anchors: Mapping[str, tuple[float, float]]  # endpoint: (model's queue delay, measured)
 
     @property
     def loads(self) -> tuple[EndpointLoad, ...]:
@@ -93,10 +95,18 @@ def decide(
     loads = tuple(e.load for e in estimates.values())
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
+    anchors: dict[str, tuple[float, float]] = {}
     if profile is not None:
+        # The step up is sized by the model anchored at the measured queue delay; the step down
+        # by the model as it is, whose level errs on the side of capacity (a quiet minute is
+        # weak evidence that fewer replicas would hold the next burst).
+        unanchored = loads
+        loads, anchors = anchor(
+            loads, _measured(estimates, tuning), held, observation.ready_replicas, profile, tuning
+        )
         highest = spec.max_replicas
         up_plan = plan(loads, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
-        up, down = _model_counts(up_plan, loads, spec, profile, tuning, current, lowest)
+        up, down = _model_counts(up_plan, unanchored, spec, profile, tuning, current, lowest)
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
@@ -139,13 +149,14 @@ def decide(
         damping_note=damped.note,
         plan=chosen_plan,
         capacity_limited=capacity_limited,
+        anchors=anchors,
     )
     new_state = PolicyState(
         recommendations=damped.history,
         last_scale_up_at=now if replicas > current else state.last_scale_up_at,
         last_scale_down_at=now if replicas < current else state.last_scale_down_at,
         last_observed_at=now,
-        arrival_rates={n: e.observed_rate for n, e in estimates.items()},
+        service_times={n: e.service_history for n, e in estimates.items() if e.service_history},
         token_means={load.name: (load.prompt_tokens, load.generated_tokens) for load in loads},
     )
     return Decision(
@@ -180,23 +191,31 @@ def _hold(observation, spec, state, current, held, problem) -> Decision:
 
 
 def _estimate(observation, spec, state, now, tuning) -> dict[str, Estimate]:
-    elapsed = None if state.last_observed_at is None else now - state.last_observed_at
-    fresh = elapsed is not None and 0 < elapsed <= stale_after(spec, tuning)
     return {
         e.name: estimate(
             e,
             observation.endpoints.get(e.name) or _EMPTY,
-            state.arrival_rates.get(e.name) if fresh else None,
-            elapsed if fresh else None,
             state.token_means.get(e.name),
+            state.service_times.get(e.name, ()),
+            now,
             tuning,
         )
         for e in spec.endpoints
     }
 
 
+def _measured(estimates: Mapping[str, Estimate], tuning: Tuning) -> dict[str, float]:
+    """The queue delays measured with enough traffic to trust their p95."""
+    return {
+        name: e.queue_delay_p95
+        for name, e in estimates.items()
+        if e.queue_delay_p95 is not None and e.observed_rate >= tuning.min_feedback_rate
+    }
+
+
 def _model_counts(up_plan, loads, spec, profile, tuning, current, lowest) -> tuple[int, int]:
-    """The model's scale-up count, and the count a tighter target needs (for scale-down)."""
+    """The (anchored) model's scale-up count, and the count the unanchored model needs at the
+    tighter scale-down headroom (for scale-down)."""
     up = up_plan.replicas if up_plan.fits else spec.max_replicas
     if up >= current:
         return up, up

@@ -1,22 +1,32 @@
 """Stage 1, estimate: what each endpoint's observation says, in the terms the policy plans in.
 
-Contract (pure): `estimate(endpoint, observed, previous_rate, seconds_since_previous,
-known_tokens, tuning)` returns one endpoint's `Estimate`:
-- `load`, the `EndpointLoad` the model sizes for: the arrival rate projected ahead over
-  `scale_up_lead_seconds` when it is rising (pods take that long to start), plus the queue
+Contract (pure): `estimate(endpoint, observed, known_tokens, service_history, now, tuning)`
+returns one endpoint's `Estimate`:
+- `load`, the `EndpointLoad` the model sizes for: the measured arrival rate, plus the queue
   beyond its steady-state length drained over `backlog_drain_seconds`; missing token means fall
   back to the last known, then to defaults;
-- the measured queue-wait and service-time p95s, None when their series are missing;
-- the queue budget: `sla.queueWaitP95Milliseconds` when given, else the TTFT budget less the
-  measured service-time p95 (TTFT = queue wait + service time, and replicas change only the
-  first), at least `unreachable_queue_share` of the TTFT budget; None while the service time
-  has not been measured (the model's own service-time floor then stands in);
-- `unreachable`: the measured service-time p95 alone exceeds the TTFT budget, so no replica
-  count can meet it; the policy sizes for the queue part and says so.
+- the measured queue-wait, TTFT and service-time p95s, None when their series are missing;
+- `service_time`: the service time no replica count shortens, estimated robustly as the median
+  of the service-time p95s measured over the last `service_time_memory_seconds`
+  (`service_history` plus this one). A p95 measured in a burst holds the prompts' queueing for
+  the prefill budget inside the batch, which replicas do shorten; a burst is a minority of the
+  window, so the median shows the service itself (the lowest p95 would be biased low by
+  the sampling noise of a heavy-tailed prompt length);
+- `queue_delay_p95`, the measured queue delay (what replicas change): the queue-wait p95 when
+  the spec gives `sla.queueWaitP95Milliseconds` or the SLA is unreachable (the TTFT p95 is
+  then the service tail's), else the TTFT p95 less `service_time` (which counts the prompts'
+  queueing for the prefill budget inside the batch, not only the wait for admission);
+- the queue budget: `sla.queueWaitP95Milliseconds` when given, else the TTFT budget less
+  `service_time` (TTFT = queue delay + service time, and replicas change only the first), at
+  least `unreachable_queue_share` of the TTFT budget; None while no service time has been
+  measured (the model's own service-time floor then stands in);
+- `unreachable`: `service_time` alone reaches the TTFT budget, so no replica count can meet it;
+  the policy sizes for the queue part and says so.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from carpool_policy.capacity import EndpointLoad
@@ -30,21 +40,30 @@ class Estimate:
     observed_rate: float  # requests per second measured (0 when the series is missing)
     rate_missing: bool
     queue_wait_p95: float | None
-    service_time_p95: float | None
+    service_time_p95: float | None  # measured over the last rate window
+    service_time: float | None  # the robust estimate: lowest p95 over the memory
+    queue_delay_p95: float | None  # measured, against `queue_budget`
     queue_budget: float | None
     unreachable: bool
+    service_history: tuple[tuple[float, float], ...] = ()  # (time, p95) kept for the next call
 
 
 def estimate(
     endpoint: EndpointSpec,
     observed: EndpointObservation,
-    previous_rate: float | None,
-    seconds_since_previous: float | None,
     known_tokens: tuple[float, float] | None,
+    service_history: tuple[tuple[float, float], ...],
+    now: float,
     tuning: Tuning,
 ) -> Estimate:
     rate = max(0.0, observed.arrival_rate_per_second or 0.0)
-    budget, unreachable = queue_budget(endpoint, observed.service_time_p95_seconds, tuning)
+    history = tuple(
+        (t, p) for t, p in service_history if now - tuning.service_time_memory_seconds <= t < now
+    )
+    if observed.service_time_p95_seconds is not None:
+        history += ((now, observed.service_time_p95_seconds),)
+    service = statistics.median(p for _, p in history) if history else None
+    budget, unreachable = queue_budget(endpoint, service, tuning)
     prompt, generated = known_tokens or (
         tuning.default_prompt_tokens,
         tuning.default_generated_tokens,
@@ -57,9 +76,7 @@ def estimate(
     load = EndpointLoad(
         name=endpoint.name,
         priority=endpoint.priority,
-        arrival_rate=_planned_rate(
-            endpoint, rate, waiting, budget, previous_rate, seconds_since_previous, tuning
-        ),
+        arrival_rate=_planned_rate(endpoint, rate, waiting, budget, tuning),
         prompt_tokens=prompt,
         generated_tokens=max(1.0, generated),
         budget_seconds=endpoint.ttft_p95_seconds,
@@ -72,43 +89,44 @@ def estimate(
         rate_missing=observed.arrival_rate_per_second is None,
         queue_wait_p95=observed.queue_wait_p95_seconds,
         service_time_p95=observed.service_time_p95_seconds,
+        service_time=service,
+        queue_delay_p95=_queue_delay(endpoint, observed, service, unreachable),
         queue_budget=budget,
         unreachable=unreachable,
+        service_history=history,
     )
 
 
+def _queue_delay(
+    endpoint: EndpointSpec, observed: EndpointObservation, service: float | None, unreachable: bool
+) -> float | None:
+    # With the service time alone over the TTFT budget, the TTFT p95 is the service tail's and
+    # swings with it: the queue part is read from the queue-wait series instead.
+    if endpoint.queue_wait_p95_seconds is not None or unreachable:
+        return observed.queue_wait_p95_seconds
+    if observed.ttft_p95_seconds is None or service is None:
+        return None
+    return max(0.0, observed.ttft_p95_seconds - service)
+
+
 def queue_budget(
-    endpoint: EndpointSpec, service_time_p95: float | None, tuning: Tuning
+    endpoint: EndpointSpec, service_time: float | None, tuning: Tuning
 ) -> tuple[float | None, bool]:
     """(queue budget in seconds or None, whether service time alone breaks the TTFT budget)."""
     ttft = endpoint.ttft_p95_seconds
-    unreachable = ttft is not None and service_time_p95 is not None and service_time_p95 >= ttft
+    unreachable = ttft is not None and service_time is not None and service_time >= ttft
     if endpoint.queue_wait_p95_seconds is not None:
         return endpoint.queue_wait_p95_seconds, unreachable
-    if ttft is None or service_time_p95 is None:
+    if ttft is None or service_time is None:
         return None, False
-    return max(ttft - service_time_p95, tuning.unreachable_queue_share * ttft), unreachable
+    return max(ttft - service_time, tuning.unreachable_queue_share * ttft), unreachable
 
 
 def _planned_rate(
-    endpoint: EndpointSpec,
-    rate: float,
-    waiting: float,
-    budget: float | None,
-    previous_rate: float | None,
-    seconds_since_previous: float | None,
-    tuning: Tuning,
+    endpoint: EndpointSpec, rate: float, waiting: float, budget: float | None, tuning: Tuning
 ) -> float:
-    projected = rate
-    if previous_rate is not None and seconds_since_previous and seconds_since_previous > 0:
-        growth = (rate - previous_rate) / seconds_since_previous
-        if growth > 0:
-            projected = min(
-                rate + growth * tuning.scale_up_lead_seconds,
-                rate * tuning.max_burst_projection,
-            )
     # Little's law: a queue within its budget holds about rate * budget requests; beyond that
     # the excess is a burst the current pods are not draining.
     steady_queue = rate * (budget if budget is not None else endpoint.ttft_p95_seconds or 0.0)
     excess = max(0.0, waiting - steady_queue) if endpoint.has_sla else 0.0
-    return projected + excess / tuning.backlog_drain_seconds
+    return rate + excess / tuning.backlog_drain_seconds

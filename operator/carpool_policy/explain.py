@@ -187,8 +187,17 @@ def reason_for(
             f"more than {spec.max_replicas}" if step.needed > spec.max_replicas else step.needed
         )
         parts.append(
-            f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} queue wait"
+            f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} queue delay"
             f" within {100 * tuning.budget_headroom:g}% of each queue budget"
+        )
+    if step.anchors:
+        parts.append(
+            "model anchored at the measured queue delay ("
+            + ", ".join(
+                f"{name} predicted {_ms(predicted)}, measured {_ms(measured)}"
+                for name, (predicted, measured) in step.anchors.items()
+            )
+            + ")"
         )
     if step.damping_note:
         parts.append(step.damping_note)
@@ -216,11 +225,13 @@ def _endpoint_text(name: str, e) -> str:
     text += f", prompt {load.prompt_tokens:.0f} / output {load.generated_tokens:.0f} tokens"
     if not load.has_sla:
         return text + (", backlogged" if load.backlogged else "")
-    queue = "missing" if e.queue_wait_p95 is None else _ms(e.queue_wait_p95)
+    delay = "missing" if e.queue_delay_p95 is None else _ms(e.queue_delay_p95)
     budget = "unknown" if e.queue_budget is None else _ms(e.queue_budget)
-    text += f", queue wait p95 {queue} (budget {budget})"
-    if e.service_time_p95 is not None:
-        text += f", service time p95 {_ms(e.service_time_p95)}"
+    text += f", queue delay p95 {delay} (budget {budget})"
+    if e.service_time is not None:
+        text += f", service time {_ms(e.service_time)}"
+        if e.service_time_p95 is not None and e.service_time_p95 > e.service_time:
+            text += f" (p95 now {_ms(e.service_time_p95)})"
     if load.budget_seconds is not None:
         text += f" (TTFT budget {_ms(load.budget_seconds)})"
     return text

@@ -4,16 +4,19 @@ Contract (pure): `guard(up, down, current, estimates, observation, tuning)` take
 scale-up count `up` and scale-down count `down` and returns a `Guarded` with both adjusted and
 the names of the rules that changed them (from `carpool_policy.explain.RULES`):
 
-- `queue_breach`: an SLA endpoint's measured queue-wait p95 is over its queue budget (with
-  every pod ready and enough traffic to trust the p95): at least one replica more, as many as
-  the model asks, else the current count grown in proportion to the overshoot (at most double).
-- `queue_within_budget`: every SLA endpoint with traffic is measured well inside its queue
-  budget (at most `queue_quiet_fraction` of it) and no throughput class is turning requests
-  away: the model may not scale up on its own.
-- `queue_not_low`: an SLA endpoint's measured queue wait is above the scale-down fraction of
-  its budget: no scale-down (the model's smaller pool was not what the queue says).
-- `queue_wait_missing`: an SLA endpoint has traffic but no queue-wait p95 (its series is
-  missing): no scale-down. Missing data is never read as zero.
+The measured queue delay (`Estimate.queue_delay_p95`) against the queue budget decides the
+direction; the model only sizes the step:
+
+- `queue_breach`: an SLA endpoint's measured queue delay is over its queue budget (with every pod
+  ready and enough traffic to trust the p95): at least one replica more, as many as the model
+  asks, else the current count grown in proportion to the overshoot (at most double).
+- `queue_within_budget`: every SLA endpoint with traffic is measured within `budget_headroom`
+  of its queue budget (the share the model plans to use) and no throughput class is turning
+  requests away: the model may not scale up on its own.
+- `queue_not_low`: an SLA endpoint's measured queue delay is above `queue_quiet_fraction` of its
+  budget: no scale-down. Between that fraction and the headroom the pool holds.
+- `queue_wait_missing`: an SLA endpoint has traffic but no queue-delay measurement (its series
+  is missing): no scale-down. Missing data is never read as zero.
 - `series_missing`: an endpoint's arrival rate is missing: no scale-down.
 
 An endpoint without a known queue budget (TTFT budget only, service time not yet measured) is
@@ -71,14 +74,14 @@ def guard(
 
 
 def measured_ratio(estimate: Estimate, observed: EndpointObservation) -> float | None:
-    """Measured queue-wait p95 over the queue budget (TTFT over the TTFT budget when the
+    """Measured queue delay p95 over the queue budget (TTFT over the TTFT budget when the
     queue budget is unknown); None when the endpoint has no SLA or nothing was measured."""
     if not estimate.load.has_sla:
         return None
     if estimate.queue_budget is not None:
-        if estimate.queue_wait_p95 is None:
+        if estimate.queue_delay_p95 is None:
             return None
-        return estimate.queue_wait_p95 / estimate.queue_budget
+        return estimate.queue_delay_p95 / estimate.queue_budget
     ttft, budget = observed.ttft_p95_seconds, estimate.load.budget_seconds
     return None if ttft is None or budget is None else ttft / budget
 
@@ -101,7 +104,7 @@ def _all_quiet(estimates: Mapping[str, Estimate], observation: Observation, tuni
         if e.observed_rate <= 0:
             continue
         ratio = measured_ratio(e, seen)
-        if ratio is None or ratio > tuning.queue_quiet_fraction:
+        if ratio is None or ratio > tuning.budget_headroom:
             return False
         judged = True
     return judged
@@ -119,6 +122,6 @@ def _scale_down_blocked(
         ratio = measured_ratio(e, seen)
         if ratio is None:
             return "queue_wait_missing"
-        if ratio > tuning.scale_down_headroom:
+        if ratio > tuning.queue_quiet_fraction:
             return "queue_not_low"
     return None

@@ -3,7 +3,7 @@
 Contract: `plan(loads, spec, profile, tuning, headroom, lowest, highest)` returns a `Plan` whose
 replicas lie in [lowest, highest] and whose limits lie inside the spec's bounds. `fits` says
 whether the targets are met; when even `highest` replicas cannot meet them the plan is for
-`highest` with the lower-priority endpoints' shares shrunk (`shrunk` names them).
+`highest` with the throughput classes' shares shrunk (`shrunk` names them).
 
 Limits, at the chosen replica count:
 - an SLA endpoint gets all the batch slots its bounds allow (a burst admitted at once costs a
@@ -11,15 +11,17 @@ Limits, at the chosen replica count:
   and a batch window from a share of its spare budget;
 - a throughput class gets the largest batch (and longest window) that still keeps every SLA
   endpoint inside its budget: it soaks up the spare capacity;
-- when the budgets cannot all be met, the lowest-priority endpoints drop to their minimum batch
-  first, so the highest-priority ones keep theirs.
+- an SLA endpoint's batch is never cut to make room for another's: prefill runs in priority
+  order inside the batch, so fewer slots for a lower-priority SLA endpoint would only move its
+  queueing outside the batch (the measured-breach protection in `decide` is the exception,
+  when the pool cannot grow).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from carpool_policy.capacity import (
     EndpointLoad,
@@ -61,6 +63,44 @@ def plan(
     return limits_at(loads, endpoints, highest, profile, tuning, headroom, favourable)
 
 
+def anchor(
+    loads: Sequence[EndpointLoad],
+    measured: Mapping[str, float],
+    limits: Mapping[str, EndpointLimits],
+    ready: int,
+    profile: Profile,
+    tuning: Tuning,
+) -> tuple[tuple[EndpointLoad, ...], dict[str, tuple[float, float]]]:
+    """The model anchored at the measured operating point: where an SLA endpoint's queue delay
+    measured at `ready` replicas (`measured`, seconds) is below what the model predicts there,
+    its queue budget is scaled by predicted / measured, so the model keeps its shape (how the
+    queue falls with replicas) but takes its level from the measurement. A measurement below
+    `queue_quiet_fraction` of the budget counts as that fraction (it says only that the queue
+    is short). A measurement above the prediction, or a prediction of an ever-growing queue,
+    leaves the model as it is: the guard's breach rule answers for traffic worse than the
+    model. Returns the loads and, per anchored
+    endpoint, (predicted, measured)."""
+    if ready <= 0 or not measured:
+        return tuple(loads), {}
+    at_ready = forecast(loads, limits, ready, profile, tuning)
+    anchored, anchors = [], {}
+    for load in loads:
+        seen = measured.get(load.name)
+        if seen is None or load.queue_budget_seconds is None:
+            anchored.append(load)
+            continue
+        window = limits[load.name].batch_window_milliseconds / 1000.0
+        predicted = planned_queueing(at_ready.endpoints[load.name], window)
+        floor = tuning.queue_quiet_fraction * load.queue_budget_seconds
+        if math.isinf(predicted) or not predicted > max(seen, floor):
+            anchored.append(load)
+            continue
+        scale = predicted / max(seen, floor)
+        anchors[load.name] = (predicted, seen)
+        anchored.append(replace(load, queue_budget_seconds=load.queue_budget_seconds * scale))
+    return tuple(anchored), anchors
+
+
 def limits_at(
     loads: Sequence[EndpointLoad],
     endpoints: Mapping[str, EndpointSpec],
@@ -92,20 +132,6 @@ def limits_at(
                 break
         if limits[load.name].max_batch_size < bounds.max_batch_size.max:
             shrunk.append(load.name)
-
-    if not fits:
-        top = max((load.priority for load in loads), default=0)
-        for load in sorted(loads, key=lambda x: x.priority):
-            if load.priority >= top or not load.has_sla:
-                continue
-            bounds = endpoints[load.name]
-            limits[load.name] = EndpointLimits(
-                bounds.max_batch_size.min, bounds.batch_window_milliseconds.min
-            )
-            shrunk.append(load.name)
-            result, fits = evaluate(limits)
-            if fits:
-                break
 
     limits = _with_windows(loads, endpoints, limits, result, tuning, headroom)
     result, _ = evaluate(limits)

@@ -21,9 +21,10 @@ class PolicyState:
     recommendations: tuple[tuple[float, int], ...] = ()
     last_scale_up_at: float | None = None
     last_scale_down_at: float | None = None
-    # The previous fresh observation: its time and arrival rates, for burst detection.
+    # The previous fresh observation's time.
     last_observed_at: float | None = None
-    arrival_rates: Mapping[str, float] = field(default_factory=dict)
+    # Per endpoint, the (time, service-time p95) measured over the service-time memory.
+    service_times: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     # Per endpoint, the last known (mean prompt tokens, mean generated tokens).
     token_means: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -34,7 +35,7 @@ class PolicyState:
             "lastScaleUpAt": self.last_scale_up_at,
             "lastScaleDownAt": self.last_scale_down_at,
             "lastObservedAt": self.last_observed_at,
-            "arrivalRates": dict(self.arrival_rates),
+            "serviceTimes": {k: [[t, p] for t, p in v] for k, v in self.service_times.items()},
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
         }
 
@@ -50,7 +51,10 @@ class PolicyState:
                 last_scale_up_at=_optional_float(data.get("lastScaleUpAt")),
                 last_scale_down_at=_optional_float(data.get("lastScaleDownAt")),
                 last_observed_at=_optional_float(data.get("lastObservedAt")),
-                arrival_rates=_float_map(data.get("arrivalRates")),
+                service_times={
+                    str(k): tuple((float(t), float(p)) for t, p in v)
+                    for k, v in (data.get("serviceTimes") or {}).items()
+                },
                 token_means={
                     str(k): (float(v[0]), float(v[1]))
                     for k, v in (data.get("tokenMeans") or {}).items()
@@ -62,7 +66,3 @@ class PolicyState:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _float_map(value: Any) -> dict[str, float]:
-    return {str(k): float(v) for k, v in (value or {}).items()}

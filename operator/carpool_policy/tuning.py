@@ -14,7 +14,8 @@ class Tuning:
     # The model plans so that this quantile of TTFT fits the p95 budget: the margin absorbs
     # bursts between control intervals and while new pods start.
     planning_quantile: float = 0.99
-    # Fraction of each TTFT budget the model may plan to use (the rest is safety margin).
+    # Fraction of each queue budget the model may plan to use (the rest is safety margin); a
+    # queue delay measured within it never lets the model scale up.
     budget_headroom: float = 0.85
     # Scale down only when the smaller pool would fit this tighter fraction (hysteresis).
     scale_down_headroom: float = 0.7
@@ -29,14 +30,13 @@ class Tuning:
     max_utilization: float = 0.9
     # Metrics older than this many control intervals are stale (hold).
     stale_after_intervals: float = 3.0
-    # How far ahead to project a rising arrival rate: about a new pod's start-up time.
-    scale_up_lead_seconds: float = 60.0
-    # A growing arrival rate is projected at most this many times the current rate.
-    max_burst_projection: float = 2.0
     # Queued requests beyond the steady-state queue must drain within this time.
     backlog_drain_seconds: float = 15.0
-    # A queue-wait p95 measured at or below this fraction of its budget is well inside it: the
-    # model may not scale up on its own then (it plans from rates and may be pessimistic).
+    # The service time is the median of the service-time p95s measured over this long.
+    service_time_memory_seconds: float = 600.0
+    # A queue delay p95 measured at or below this fraction of its budget is well inside it: only
+    # then may the pool scale down (to what the model says holds the tighter headroom), and the
+    # model is anchored at this fraction (a shorter p95 says only that the queue is short).
     queue_quiet_fraction: float = 0.5
     # When service time alone breaks the TTFT budget, the queue may still use this share of it:
     # replicas bound the queueing instead of chasing a number no replica count reaches.

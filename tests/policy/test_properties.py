@@ -33,7 +33,11 @@ def states(draw, now):
     return PolicyState(
         recommendations=tuple(sorted(history)),
         last_observed_at=draw(st.none() | st.floats(now - 60, now - 1)),
-        arrival_rates={"inline": draw(rates)},
+        service_times={
+            "inline": tuple(
+                sorted(draw(st.lists(st.tuples(st.floats(now - 900, now), rates), max_size=4)))
+            )
+        },
     )
 
 

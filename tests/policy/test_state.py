@@ -13,7 +13,7 @@ FULL = PolicyState(
     last_scale_up_at=115.0,
     last_scale_down_at=None,
     last_observed_at=115.0,
-    arrival_rates={"inline": 4.5},
+    service_times={"inline": ((1.0, 0.25), (16.0, 0.3))},
     token_means={"inline": (2048.0, 28.0)},
 )
 
