@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "on CPU, enough for 16 requests of the longest prompt)")  # fmt: skip
     p.add_argument("--max-batch-tokens", type=int, help="default: transformers' choice")
     p.add_argument("--no-warmup", action="store_true", help="skip the CUDA-graph warm-up")
+    p.add_argument("--stop-after-miss", action="store_true", help="as carpool bench serve's")
     p.add_argument("--json", type=Path, help="also write the result here")
     return p
 
@@ -361,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             note(
                 f"rate {rate:g}: the time limit hit; {row['completed']} of {row['sent']} completed"
             )
+        if args.stop_after_miss and not row["ttft_p95_within_sla"]:
+            note(serve.stop_note(rate))
+            break
     result = serve.capacity(rows)
     print(serve.capacity_line(result, sla), flush=True)
     settings = cache_settings(manager)

@@ -29,8 +29,9 @@ figures:
 
 Then the capacity at the SLA (:func:`capacity`): the highest rate that kept p95 TTFT within the
 SLA, it and every lower rate; "at least" that when the highest rate swept passed, "below" the
-lowest when even that missed. Exit status 2 on a bad argument, an unreadable trace or a worker
-that is not ready within ``--ready-seconds``.
+lowest when even that missed. ``--stop-after-miss`` skips the rates above the first miss. Exit
+status 2 on a bad argument, an unreadable trace or a worker that is not ready within
+``--ready-seconds``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=600.0,
         help="wait this long for the worker's /readyz (a GPU worker loads for minutes)",
+    )
+    p.add_argument(
+        "--stop-after-miss",
+        action="store_true",
+        help="skip the rates above the first that misses the SLA (they cannot move the capacity)",
     )
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p
@@ -258,6 +264,10 @@ def table_row(row: dict) -> str:
     return " ".join(cells)
 
 
+def stop_note(rate: float) -> str:
+    return f"{rate:g} req/s missed the SLA: the higher rates are skipped (--stop-after-miss)"
+
+
 def arrivals(requests: list[Request], endpoint: str) -> list[Arrival]:
     return [Arrival(r.arrival_seconds, endpoint, r.prompt_tokens, r.output_tokens)
             for r in requests]  # fmt: skip
@@ -278,6 +288,9 @@ def run(args, trace: list[Request], out=None) -> dict:
         row = rate_figures(rate, len(requests), outcomes, sla, deadline)
         rows.append(row)
         print(table_row(row), file=out, flush=True)
+        if args.stop_after_miss and not row["ttft_p95_within_sla"]:
+            print(f"# {stop_note(rate)}", file=out, flush=True)
+            break
     result = capacity(rows)
     print(capacity_line(result, sla), file=out, flush=True)
     return {

@@ -33,12 +33,12 @@ def test_a_sweep_prints_and_writes_every_rates_figures_and_the_capacity(
     worker_url, tmp_path, capsys
 ):
     # 2 req/s is light for bench-8b's 2k-token prompts; 1,000 req/s sends all 16 at once, and
-    # their prefills queue behind each other far past 400 ms.
+    # their prefills queue behind each other far past 400 ms; 2,000 req/s is skipped.
     out = tmp_path / "serve.json"
     status = carpool(
-        ["bench", "serve", "--url", worker_url, "--trace", str(TRACE), "--rates", "1000,2",
+        ["bench", "serve", "--url", worker_url, "--trace", str(TRACE), "--rates", "1000,2,2000",
          "--requests", "16", "--seconds", "30", "--max-prompt-tokens", "2048",
-         "--sla-ttft-ms", "400", "--json", str(out)]
+         "--sla-ttft-ms", "400", "--stop-after-miss", "--json", str(out)]
     )  # fmt: skip
     printed = capsys.readouterr().out
     print(printed)
@@ -47,7 +47,10 @@ def test_a_sweep_prints_and_writes_every_rates_figures_and_the_capacity(
     assert lines[0] == "# goodput at TTFT <= 400 ms"
     assert lines[1].split()[:4] == ["offered/s", "sent", "done", "achieved/s"]
     assert [line.split()[0] for line in lines[2:4]] == ["2", "1000"]  # ascending
-    assert lines[4] == "capacity at p95 TTFT <= 400 ms: 2 req/s (1000 req/s missed)"
+    assert lines[4:] == [
+        "# 1000 req/s missed the SLA: the higher rates are skipped (--stop-after-miss)",
+        "capacity at p95 TTFT <= 400 ms: 2 req/s (1000 req/s missed)",
+    ]
 
     document = json.loads(out.read_text())
     assert document["max_prompt_tokens"] == 2048
