@@ -325,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for rate in rates
     ]
+    if not any(requests_by_rate):
+        print("hf_serve_peer: no rate has an arrival within --seconds", file=sys.stderr)
+        return 2
     longest_output = max(r.output_tokens for rs in requests_by_rate for r in rs)
     generation_config = transformers.GenerationConfig(
         do_sample=False, max_new_tokens=longest_output, eos_token_id=-1, pad_token_id=0
@@ -352,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     print(serve.table_header(sla), flush=True)
     rows, manager = [], None
     for rate, requests in zip(rates, requests_by_rate, strict=True):
+        if not requests:
+            note(serve.no_arrivals_note(rate))
+            continue
         results, _, manager, _ = run_rate(
             model, args, rate, requests, generation_config, cfg, hints, streaming
         )

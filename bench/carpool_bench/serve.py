@@ -268,6 +268,10 @@ def stop_note(rate: float) -> str:
     return f"{rate:g} req/s missed the SLA: the higher rates are skipped (--stop-after-miss)"
 
 
+def no_arrivals_note(rate: float) -> str:
+    return f"{rate:g} req/s: no arrivals within --seconds, not measured"
+
+
 def arrivals(requests: list[Request], endpoint: str) -> list[Arrival]:
     return [Arrival(r.arrival_seconds, endpoint, r.prompt_tokens, r.output_tokens)
             for r in requests]  # fmt: skip
@@ -282,8 +286,10 @@ def run(args, trace: list[Request], out=None) -> dict:
         requests = token_mix(
             trace, rate, args.seconds, args.requests, args.seed, args.max_prompt_tokens
         )
-        last = requests[-1].arrival_seconds if requests else 0.0
-        deadline = last + args.drain_seconds
+        if not requests:
+            print(f"# {no_arrivals_note(rate)}", file=out, flush=True)
+            continue
+        deadline = requests[-1].arrival_seconds + args.drain_seconds
         outcomes = replay(arrivals(requests, args.endpoint), Fixed(args.url), deadline)
         row = rate_figures(rate, len(requests), outcomes, sla, deadline)
         rows.append(row)
