@@ -3,7 +3,7 @@
 Contract: `metrics_problem()` says whether the observation may be acted on at all, as
 (condition reason, message) or None. `conditions_for()` returns MetricsAvailable, SLAMet,
 SLAReachable and CapacityLimited, always all four, in that order. `reason_for()` is one line
-with the numbers behind the decision (rates, token lengths, measured queue wait and service time
+with the numbers behind the decision (rates, token lengths, measured queue delay and service time
 against the queue budget, the model's need, what damping or capacity held back, which limits
 changed) and ends with `rules: ...`, every rule of `RULES` that changed the outcome; the
 operator uses it as the Event message.
@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 RULES = (
     "metrics_unavailable",  # Prometheus down, no samples or stale: hold everything
     "series_missing",  # an endpoint's arrival rate is missing: no scale-down
-    "queue_wait_missing",  # an SLA endpoint has traffic but no queue-wait p95: no scale-down
-    "queue_breach",  # measured queue-wait p95 over its budget: scale up, whatever the model says
-    "queue_within_budget",  # measured queue well inside its budget: the model may not scale up
-    "queue_not_low",  # measured queue above the scale-down fraction: no scale-down
+    "queue_wait_missing",  # an SLA endpoint has traffic but no queue delay measured: no scale-down
+    "queue_breach",  # measured queue delay p95 over its budget: scale up, whatever the model says
+    "queue_within_budget",  # measured queue delay within the headroom: the model may not scale up
+    "queue_not_low",  # measured queue delay above the quiet fraction: no scale-down
     "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
     "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
     "stabilizing",  # scale-down held by the stabilization window
@@ -101,8 +101,8 @@ def _reachable(step: Step | None) -> Condition:
     if step is None:
         return Condition("SLAReachable", "Unknown", "NoMeasurements", "metrics unavailable")
     broken = [
-        f"{name} service-time p95 {_ms(e.service_time_p95 or 0.0)} alone exceeds its TTFT "
-        f"budget {_ms(e.load.budget_seconds or 0.0)}; sizing for a queue wait of "
+        f"{name} service time {_ms(e.service_time or 0.0)} (median p95) alone exceeds its TTFT "
+        f"budget {_ms(e.load.budget_seconds or 0.0)}; sizing for a queue delay of "
         f"{_ms(e.queue_budget or 0.0)}"
         for name, e in step.estimates.items()
         if e.unreachable
