@@ -186,8 +186,11 @@ class Session:
             if result.is_finished():
                 self.done[result.request_id] = (result, now)
 
-    def submit(self, request_id: str, prompt_tokens: int, max_new_tokens: int, rng) -> None:
-        ids = [rng.randrange(1, self.vocab) for _ in range(prompt_tokens)]
+    def prompts(self, requests: list[Request], seed: int) -> list[list[int]]:
+        rng = random.Random(seed)
+        return [[rng.randrange(1, self.vocab) for _ in range(r.prompt_tokens)] for r in requests]
+
+    def submit(self, request_id: str, ids: list[int], max_new_tokens: int) -> None:
         kwargs = {"streaming": True} if self.streaming else {"record_timestamps": True}
         self.sent[request_id] = time.perf_counter()
         self.manager.add_request(
@@ -238,7 +241,7 @@ def run_rate(model, args, rate, requests, generation_config, config, hints, stre
     session = Session(manager, model.config.vocab_size, streaming, f"r{rate:g}-")
     collector = threading.Thread(target=session.collect, daemon=True)
     collector.start()
-    rng = random.Random(args.seed)
+    prompts = session.prompts(requests, args.seed)  # made before the clock starts
     origin = time.perf_counter()
     limit = origin + args.time_limit_seconds
     try:
@@ -247,7 +250,7 @@ def run_rate(model, args, rate, requests, generation_config, config, hints, stre
             if at > limit:
                 break
             time.sleep(max(0.0, at - time.perf_counter()))
-            session.submit(f"{session.prefix}{i}", r.prompt_tokens, r.output_tokens, rng)
+            session.submit(f"{session.prefix}{i}", prompts[i], r.output_tokens)
         while len(session.done) < len(session.sent) and time.perf_counter() < limit:
             if not manager.is_running():
                 note(f"rate {rate:g}: the generation loop stopped early")
