@@ -25,7 +25,8 @@ figures:
   between tokens);
 - output tokens per second (the worker's usage count) over the makespan;
 - goodput: completed requests with TTFT within ``--sla-ttft-ms`` per second of the makespan;
-- 429s, other errors (any other status, or a broken connection), and unfinished requests.
+- 429s, other errors (any other status, or a broken connection; counted by status in the JSON),
+  and unfinished requests.
 
 Then the capacity at the SLA (:func:`capacity`): the highest rate that kept p95 TTFT within the
 SLA, it and every lower rate; "at least" that when the highest rate swept passed, "below" the
@@ -40,6 +41,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,10 @@ def rate_figures(
         "sla_ttft_seconds": sla_seconds,
         "status_429": sum(1 for o in outcomes if o.status == 429),
         "errors": sum(1 for o in outcomes if o.status not in (200, 429)),
+        # -1: the connection broke; a 4xx says the worker refused the request's size or body
+        "error_statuses": dict(
+            sorted(Counter(str(o.status) for o in outcomes if o.status not in (200, 429)).items())
+        ),
         "unfinished": unfinished,
         "makespan_seconds": round(makespan, 3),
         "deadline_seconds": round(deadline_seconds, 3),

@@ -139,6 +139,7 @@ def test_one_error_in_forty_keeps_p95_finite():
     ok = [outcome(float(i), 0.2) for i in range(39)]
     figures = serve.rate_figures(1.0, 40, [*ok, outcome(39.0, None, status=500)], 1.0, 60.0)
     assert figures["errors"] == 1 and figures["unfinished"] == 0
+    assert figures["error_statuses"] == {"500": 1}
     # Nothing unfinished: from the first send to the last completion (38.24) or send (39).
     assert figures["makespan_seconds"] == pytest.approx(39.0)
     assert figures["ttft_p95_seconds"] == pytest.approx(0.2)
