@@ -79,6 +79,7 @@ class PagedModel:
             pos = r.context_len - 1
             self.cells[self._cell(r, pos)] = r.output_ids[-1]
             tokens[r.id] = self._sample(r, pos + 1)
+        assert set(tokens) == {r.id for r in step.sampling}
         return tokens
 
 
@@ -198,6 +199,19 @@ def test_a_gathering_window_is_not_a_reason_to_preempt():
     sched.submit(req("high", arrival=0.05, seed=9))
     assert drive(sched, model, 0.06).preempted == []
     assert len(drive(sched, model, 0.10).preempted) == 1
+
+
+def test_a_request_preempted_in_a_step_is_not_admitted_again_in_that_step():
+    doc = limits(x={"priority": 0}, y={"priority": 0}, high={"priority": 100})
+    sched = make(blocks=16, doc=doc)
+    model = PagedModel(sched)
+    older = fill(sched, model, "y", 1, prompt=38, max_tokens=10)[0]  # 12 blocks
+    newer = fill(sched, model, "x", 1)[0]  # 4 blocks
+    sched.submit(req("high", arrival=0.1, prompt=22, max_tokens=10, seed=9))  # 8 blocks
+    step = drive(sched, model, 0.1)
+    assert step.preempted == [newer, older]  # 4 blocks were not enough: both went
+    assert newer not in step.admitted  # it would fit in the 8 blocks left, but waits a step
+    assert drive(sched, model, 0.11).admitted == [newer]
 
 
 # -- never in vain, never upwards ------------------------------------------------------------
