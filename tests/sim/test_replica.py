@@ -122,3 +122,19 @@ def test_busy_time_counts_only_steps(log, make_replica):
     replica.submit(request, 0.0)
     replica.run_until(100.0)
     assert replica.busy_seconds_at(100.0) == pytest.approx(0.15)
+
+
+def test_a_preempted_request_resumes_and_is_recorded_once(log, make_replica):
+    replica = make_replica(log, kv=1024)  # 16 blocks of 64 tokens
+    offline = Request("batch", 0.0, prompt_tokens=500, output_tokens=200)  # 11 blocks
+    urgent = Request("chat", 0.5, prompt_tokens=300, output_tokens=100)  # 7 blocks
+    replica.submit(offline, 0.0)
+    replica.run_until(0.5)
+    replica.submit(urgent, 0.5)
+    replica.run_until(100.0)
+    # `urgent` takes the blocks at the next step boundary; `offline` resumes after it.
+    assert log.time_of("admitted", urgent) < 0.5 + 0.01 + 1e-9
+    assert log.kinds(offline) == ["admitted", "first_token", "finished"]
+    assert log.kinds(urgent) == ["admitted", "first_token", "finished"]
+    assert log.time_of("finished", offline) > log.time_of("finished", urgent)
+    assert replica.idle and replica.scheduler.kv_reserved == 0
