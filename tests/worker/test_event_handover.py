@@ -10,6 +10,7 @@ import math
 import random
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -18,7 +19,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from carpool_replica.buckets import LATENCY_BUCKETS
 from carpool_replica.scheduler import Request
-from carpool_worker.app import LoopHub, QueueSink
+from carpool_worker.api import TEXT_COMPLETION, ApiError, parse_completion
+from carpool_worker.app import Completion, LoopHub, QueueSink
+from carpool_worker.chat import CHAT_COMPLETION
 from carpool_worker.engine import DoneEvent, Engine, TokenEvent
 from carpool_worker.limits import EndpointLimits, LimitsDocument
 from carpool_worker.metrics import observe_each
@@ -359,3 +362,49 @@ def test_a_batch_with_a_nan_is_observed_value_by_value():
         assert [s.value for s in one_by_one.collect()[0].samples if s.name.endswith(name)] == [
             s.value for s in batched.collect()[0].samples if s.name.endswith(name)
         ]
+
+
+# -- the prompt's ids ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ([5, 7, 300, -1, 400], "token id 300 is outside"),  # the first bad id is named
+        ([5, -1, 300], "token id -1 is outside"),
+        ([5, True, 7], "a list of token ids"),
+        ([5, 7.0], "a list of token ids"),
+        ([5, "7"], "a list of token ids"),
+    ],
+)
+def test_a_prompt_of_ids_is_refused_for_its_first_bad_id(prompt, message):
+    codec = TextCodec(byte_level_tokenizer(), 256, 258)
+    body = json.dumps({"prompt": prompt}).encode()
+    with pytest.raises(ApiError, match=message):
+        parse_completion(body, codec, 1024)
+
+
+def test_a_prompt_of_ids_in_range_is_taken_as_it_is():
+    codec = TextCodec(byte_level_tokenizer(), 256, 258)
+    prompt = [0, 257, *range(200)]
+    params = parse_completion(json.dumps({"prompt": prompt}).encode(), codec, 1024)
+    assert params.prompt_ids == prompt
+
+
+# -- the stream's bytes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [TEXT_COMPLETION, CHAT_COMPLETION], ids=["text", "chat"])
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_a_chunk_from_the_template_is_the_chunk_encoded_whole(shape, include_usage):
+    codec = TextCodec(byte_level_tokenizer(), 256, 258)
+    worker = SimpleNamespace(codec=codec, config=SimpleNamespace(name='bench "8b" é'))
+    params = SimpleNamespace(stop=[], include_usage=include_usage)
+    completion = Completion(worker, None, params, asyncio.Queue(), shape)
+    rng = random.Random(5)
+    texts = ["a", " def f():\n\treturn '\"x\"'", "é€😀", "\x00\x1f\\", "</s>", "\ufffd", "\u2028"]
+    texts += ["".join(chr(rng.randrange(1, 0x2FFF)) for _ in range(8)) for _ in range(200)]
+    for first, finish in ((True, None), (False, None), (False, "length"), (False, "stop")):
+        for text in texts:
+            whole = f"data: {json.dumps(completion.chunk(text, finish, first))}\n\n"
+            assert completion.sse_chunk(text, finish, first) == whole

@@ -148,9 +148,14 @@ def _prompt_ids(prompt: Any, codec: TextCodec) -> list[int]:
             ) from exc
         return codec.encode(prompt)
     if isinstance(prompt, list) and prompt:
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        # Thousands of ids: the common case (all plain ints, all in range) is checked in C; the
+        # id by id checks below only run to find what to complain about.
+        if set(map(type, prompt)) != {int} and not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
             raise ApiError(400, "prompt must be a string or a list of token ids", "prompt")
-        bad = next((t for t in prompt if not 0 <= t < codec.vocab_size), None)
+        in_range = min(prompt) >= 0 and max(prompt) < codec.vocab_size
+        bad = None if in_range else next(t for t in prompt if not 0 <= t < codec.vocab_size)
         if bad is not None:
             raise ApiError(
                 400,
