@@ -14,6 +14,8 @@ raises `ProfileError` naming the bad field.
 - A step that mixes prefill chunks and decodes costs the sum of its parts; the profile's `mixed`
   points are measured to check that (`carpool fidelity` reports the error).
 All are monotone non-decreasing when the measurements are.
+`kv_block_tokens` is the KV cache's block (page) size; profiles from before paged KV lack it and
+read as `DEFAULT_KV_BLOCK_TOKENS`.
 
 Schema v1 (one-shot prefill times, no chunk size, no context limit) is converted on read, as
 docs/profile.md says: a chunk at an offset costs what the one-shot curve adds between the two
@@ -33,6 +35,10 @@ PROFILE_SCHEMA = "carpool.dev/profile/v2"
 PROFILE_SCHEMA_V1 = "carpool.dev/profile/v1"
 # What v1 workers (and so v1 profiles) used on a GPU.
 V1_PREFILL_CHUNK_TOKENS = 2048
+
+
+# Tokens per KV block of the worker's paged cache, where a profile does not say.
+DEFAULT_KV_BLOCK_TOKENS = 64
 
 
 class ProfileError(ValueError):
@@ -75,6 +81,7 @@ class Profile:
     mixed: tuple[MixedPoint, ...] = ()
     dtype: str = ""
     measured_at: str = ""
+    kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
@@ -97,6 +104,11 @@ class Profile:
             max_batch_size=_number(data, "max_batch_size", "profile", int),
             max_seq_len=_number(data, "max_seq_len", "profile", int),
             prefill_chunk_tokens=_number(data, "prefill_chunk_tokens", "profile", int),
+            kv_block_tokens=(
+                _number(data, "kv_block_tokens", "profile", int)
+                if "kv_block_tokens" in data
+                else DEFAULT_KV_BLOCK_TOKENS
+            ),
             decode=_decode_points(data),
             chunks=tuple(
                 ChunkPoint(
@@ -131,6 +143,7 @@ class Profile:
             "max_batch_size": self.max_batch_size,
             "max_seq_len": self.max_seq_len,
             "prefill_chunk_tokens": self.prefill_chunk_tokens,
+            "kv_block_tokens": self.kv_block_tokens,
             "decode": [vars(p) for p in self.decode],
             "prefill_chunks": [vars(p) for p in self.chunks],
             "mixed": [vars(p) for p in self.mixed],

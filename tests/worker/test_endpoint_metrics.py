@@ -21,6 +21,8 @@ class StandInRunner:
 
     num_slots = 4
     max_seq_len = 256
+    kv_cache_tokens = 4 * 256
+    kv_block_tokens = 16
 
     def execute(self, step) -> dict[int, int]:
         time.sleep(0.005)

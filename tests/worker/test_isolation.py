@@ -39,6 +39,8 @@ class PoisoningRunner:
 
     num_slots = property(lambda self: self.runner.num_slots)
     max_seq_len = property(lambda self: self.runner.max_seq_len)
+    kv_cache_tokens = property(lambda self: self.runner.kv_cache_tokens)
+    kv_block_tokens = property(lambda self: self.runner.kv_block_tokens)
 
     def execute(self, step):
         rows = [r for r, _, _ in step.prefill] + step.decode

@@ -75,9 +75,16 @@ def prompt():
 
 
 def new_cache(slots: int = 1) -> KVCache:
-    return KVCache(
-        GQA, num_slots=slots, max_seq_len=PROMPT_LEN + NEW_TOKENS, device="cpu", dtype=torch.float32
+    """Blocks of 16 tokens, interleaved across slots: every sequence is paged."""
+    return KVCache.with_dedicated_blocks(
+        GQA, slots, PROMPT_LEN + NEW_TOKENS, "cpu", torch.float32, block_tokens=16
     )
+
+
+def cached(cache: KVCache, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every layer's keys and values of ``slot`` at positions 0..length-1, through its blocks."""
+    pairs = [cache.gather(layer, slot, length) for layer in range(len(cache.k))]
+    return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
 
 
 def greedy_after(model, cache, last_logits: torch.Tensor, slot: int) -> list[int]:
@@ -117,12 +124,9 @@ def test_chunked_prefill_matches_one_shot_in_cache_logits_and_tokens(model, prom
     with torch.inference_mode():
         for start, end in zip(cuts, ends, strict=True):
             logits = model.prefill(cache, prompt[start:end], 0, start)
-        assert torch.allclose(
-            cache.k[:, 0, :PROMPT_LEN], want_cache.k[:, 0, :PROMPT_LEN], atol=1e-4
-        )
-        assert torch.allclose(
-            cache.v[:, 0, :PROMPT_LEN], want_cache.v[:, 0, :PROMPT_LEN], atol=1e-4
-        )
+        (k, v), (want_k, want_v) = cached(cache, 0, PROMPT_LEN), cached(want_cache, 0, PROMPT_LEN)
+        assert torch.allclose(k, want_k, atol=1e-4)
+        assert torch.allclose(v, want_v, atol=1e-4)
         assert torch.allclose(logits, want_logits, atol=1e-3, rtol=1e-4)
         assert greedy_after(model, cache, logits, 0) == want_tokens
 
@@ -155,12 +159,12 @@ def test_chunks_of_several_requests_in_one_step_match_each_alone(model, prompt):
     assert torch.allclose(together, alone, atol=1e-3, rtol=1e-4)
 
 
-def test_prefill_hands_attention_the_cache_in_place_unrepeated_and_unmasked(
+def test_prefill_hands_attention_the_sequences_keys_unrepeated_and_unmasked(
     model, prompt, monkeypatch
 ):
-    """Keys and values reach SDPA as views of the slot's cache with the model's key/value head
-    count (no copy, no repeated heads) and a causal flag or bias (no mask tensor), which is
-    what keeps CUDA's SDPA on its flash kernel."""
+    """Keys and values reach SDPA as the sequence's cached rows (read through its blocks) with
+    the model's key/value head count (no repeated heads) and a causal flag or bias (no mask
+    tensor), which is what keeps CUDA's SDPA on its flash kernel."""
     from torch.nn.attention.bias import CausalBias  # imports Triton: not at collection
 
     calls = []
@@ -178,8 +182,11 @@ def test_prefill_hands_attention_the_cache_in_place_unrepeated_and_unmasked(
         model.prefill(cache, prompt[:40], 0, 0)
         model.prefill(cache, prompt[40:90], 0, 40)
     assert len(calls) == 2 * GQA.num_layers
-    for k, v, attn_mask, is_causal in calls:
-        assert k.untyped_storage().data_ptr() == cache.k.untyped_storage().data_ptr()
-        assert v.untyped_storage().data_ptr() == cache.v.untyped_storage().data_ptr()
+    want_k, want_v = cached(cache, 0, 90)
+    for i, (k, v, _, _) in enumerate(calls[GQA.num_layers :]):
+        # (1, K, L, d) as SDPA takes them: the layer's 90 cached rows of this sequence.
+        assert torch.equal(k[0].transpose(0, 1), want_k[i])
+        assert torch.equal(v[0].transpose(0, 1), want_v[i])
+    for k, _, attn_mask, is_causal in calls:
         assert k.shape[1] == GQA.num_kv_heads
         assert is_causal or isinstance(attn_mask, CausalBias)

@@ -37,9 +37,11 @@ def test_long_chunk_rope_and_cache_write_matches_the_reference():
     split = n // 3
     positions = torch.cat([torch.arange(split), torch.arange(n - split) + 100])
     slots = torch.cat([torch.full((split,), 1), torch.full((n - split,), 2)])
+    rows = slots * max_seq + positions  # the kernels write flat cache rows
+    k1, v1, k2, v2 = (t.flatten(0, 1) for t in (k1, v1, k2, v2))
     args = (model.rope_cos, model.rope_sin, CONFIG)
-    q1 = kernels.TritonOps().rope_and_cache(qkv, positions, slots, k1, v1, *args)
-    q2 = TorchOps().rope_and_cache(qkv, positions, slots, k2, v2, *args)
+    q1 = kernels.TritonOps().rope_and_cache(qkv, positions, rows, k1, v1, *args)
+    q2 = TorchOps().rope_and_cache(qkv, positions, rows, k2, v2, *args)
     assert torch.allclose(q1, q2, atol=1e-5)
     assert torch.allclose(k1, k2, atol=1e-5)  # written rows rotated alike, the rest untouched
     assert torch.equal(v1, v2)

@@ -22,7 +22,7 @@ def check_kernels() -> dict:
     """Relative error of each fused kernel against the torch reference on random bf16 inputs."""
     from .config import PRESETS
     from .kernels import TritonOps
-    from .model import load_model
+    from .model import KVCache, load_model
     from .torch_ops import TorchOps
 
     dev = torch.device("cuda")
@@ -44,27 +44,29 @@ def check_kernels() -> dict:
     errors["silu_mul"] = rel(fused.silu_mul(gu), ref.silu_mul(gu))
     model = load_model(cfg, dev, torch.bfloat16)
     slots_n, seq = 9, 700
-    shape = (slots_n, seq, cfg.num_kv_heads, cfg.head_dim)
-    kc = torch.randn(shape, device=dev, dtype=torch.bfloat16)
-    vc = torch.randn(shape, device=dev, dtype=torch.bfloat16)
+    # A paged cache whose blocks interleave across slots, as a serving cache's would.
+    cache = KVCache.with_dedicated_blocks(cfg, slots_n, seq, dev, torch.bfloat16)
+    kc, vc = (t[0].normal_() for t in (cache.k, cache.v))
     kc2, vc2 = kc.clone(), vc.clone()
     qkv = torch.randn(
         5, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, device=dev, dtype=torch.bfloat16
     )
     pos = torch.tensor([0, 5, 63, 64, 699], device=dev)
     slots = torch.tensor([3, 0, 8, 1, 2], device=dev)
+    rows = cache.rows(slots, pos)
     args = (model.rope_cos, model.rope_sin, cfg)
-    q1 = fused.rope_and_cache(qkv, pos, slots, kc, vc, *args)
-    q2 = ref.rope_and_cache(qkv, pos, slots, kc2, vc2, *args)
+    q1 = fused.rope_and_cache(qkv, pos, rows, kc.flatten(0, 1), vc.flatten(0, 1), *args)
+    q2 = ref.rope_and_cache(qkv, pos, rows, kc2.flatten(0, 1), vc2.flatten(0, 1), *args)
     errors["rope_q"] = rel(q1, q2)
     errors["rope_k_cache"] = rel(kc, kc2)
     errors["rope_v_cache"] = rel(vc, vc2)
+    table = cache.block_table
     for batch in (1, 5, 64):
         slots = torch.randperm(slots_n, device=dev)[: min(batch, slots_n)].repeat(batch)[:batch]
         pos = torch.randint(0, seq, (batch,), device=dev)
         q = torch.randn(batch, cfg.num_heads, cfg.head_dim, device=dev, dtype=torch.bfloat16)
-        a = fused.decode_attention(q, kc, vc, slots, pos, seq)
-        b = ref.decode_attention(q, kc, vc, slots, pos, seq)
+        a = fused.decode_attention(q, kc, vc, table, slots, pos, seq)
+        b = ref.decode_attention(q, kc, vc, table, slots, pos, seq)
         errors[f"decode_attention_b{batch}"] = rel(a, b)
     return errors
 
@@ -76,8 +78,11 @@ def check_graph_path(model, steps: int = 16) -> float:
 
     streams = []
     for graphs in (True, False):
-        runner = ModelRunner(model, 16, 512, use_cuda_graphs=graphs)
+        runner = ModelRunner(model, 16, 512, kv_cache_tokens=16 * 512, use_cuda_graphs=graphs)
         runner.warmup()
+        per_slot = 512 // runner.kv_block_tokens
+        for slot in range(5):  # without a scheduler, each sequence takes blocks of its own
+            runner.cache.assign(slot, range(slot * per_slot, (slot + 1) * per_slot))
         prompts = [[(7 * i + 13 * j) % 5000 + 1 for j in range(20 + 37 * i)] for i in range(5)]
         chunks = [(torch.tensor(p, device=model.device), i, 0) for i, p in enumerate(prompts)]
         with torch.inference_mode():

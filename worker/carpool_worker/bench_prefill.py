@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from carpool_replica.profile import DEFAULT_KV_BLOCK_TOKENS
+
 from .config import default_prefill_chunk_tokens, resolve_model_config
 from .kv_cache import KVCache
 from .model import load_model
@@ -243,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         ops = TritonOps()
     peak = matmul_peak(device, dtype, args.peak_size or (8192 if cuda else 512))
     model = load_model(config, device, dtype, ops)
-    cache = KVCache(config, 1, max(lengths), device, dtype)
+    cache = KVCache.with_dedicated_blocks(
+        config, 1, max(lengths), device, dtype, DEFAULT_KV_BLOCK_TOKENS
+    )
     peer = None
     if not args.no_peer:
         peer = hf_peer(config, device, dtype)

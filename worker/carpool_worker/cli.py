@@ -16,6 +16,9 @@ from pathlib import Path
 from .config import ModelSpecError
 from .limits import LimitsError
 
+# The longest sequence a worker serves when not told (the bench presets' own limit is 128k).
+DEFAULT_MAX_CONTEXT = 32768
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carpool worker", description=__doc__.splitlines()[0])
@@ -26,8 +29,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limits-poll-seconds", type=float, default=1.0)
     p.add_argument("--admin-token-file", type=Path, help="bearer token for PUT /admin/limits")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--max-batch-size", type=int, default=64, help="KV cache slots")
-    p.add_argument("--max-context", type=int, default=2048, help="tokens per slot")
+    p.add_argument(
+        "--max-batch-size", type=int, default=64, help="sequences in the batch at once (slots)"
+    )
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=0,
+        help="longest sequence, prompt plus output (0: the model's limit, at most "
+        f"{DEFAULT_MAX_CONTEXT})",
+    )
+    p.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=0,
+        help="KV cache size in tokens, one pool of blocks for all sequences (0: most of the "
+        "GPU memory left after the weights; on CPU, 1 GiB)",
+    )
     p.add_argument(
         "--prefill-chunk-tokens", type=int, default=0, help="prompt tokens per step (0: auto)"
     )
@@ -76,8 +94,11 @@ def main(argv: list[str]) -> int:
     from .app import create_app
     from .server import Worker, WorkerSettings, uvicorn_config
 
-    if args.max_batch_size < 1 or args.max_context < 16:
-        print("carpool worker: --max-batch-size must be >= 1 and --max-context >= 16")
+    if args.max_batch_size < 1 or not (args.max_context == 0 or args.max_context >= 16):
+        print("carpool worker: --max-batch-size must be >= 1 and --max-context >= 16 (or 0)")
+        return 2
+    if args.kv_cache_tokens < 0:
+        print("carpool worker: --kv-cache-tokens must be >= 0 (0 sizes it from free memory)")
         return 2
     timeouts = (args.header_timeout_seconds, args.body_timeout_seconds, args.keep_alive_seconds)
     if min(timeouts) <= 0 or args.max_connections < 1:
@@ -93,7 +114,8 @@ def main(argv: list[str]) -> int:
         model=args.model,
         device=args.device,
         max_batch_size=args.max_batch_size,
-        max_context=args.max_context,
+        max_context=args.max_context or DEFAULT_MAX_CONTEXT,
+        kv_cache_tokens=args.kv_cache_tokens,
         prefill_token_budget=args.prefill_chunk_tokens,
         limits_path=args.limits,
         limits_poll_seconds=args.limits_poll_seconds,

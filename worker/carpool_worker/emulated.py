@@ -3,8 +3,9 @@ a model. It is a stand-in for GPU time only; the scheduler, the engine loop, the
 limits API and the metrics are the worker's own.
 
 Contract: ``EmulatedRunner(profile, vocab_size)`` has the runner interface the engine drives
-(``num_slots``, ``max_seq_len``, ``warmup()``, ``execute(step) -> {request id: token}``), sized
-by the profile (its ``max_batch_size`` slots of ``max_seq_len`` tokens). ``execute`` blocks for
+(``num_slots``, ``max_seq_len``, ``kv_cache_tokens``, ``kv_block_tokens``, ``warmup()``,
+``execute(step) -> {request id: token}``), sized by the profile (its ``max_batch_size`` sequences
+of up to ``max_seq_len`` tokens, out of its KV pool). ``execute`` blocks for
 ``carpool_replica.steptime.StepCost`` of the step, the same cost the simulator charges, and
 returns deterministic token ids (a function of the prompt and the position). The worker gives
 an emulated engine no EOS ids, so an emulated request generates exactly its ``max_tokens``, as a
@@ -52,6 +53,14 @@ class EmulatedRunner:
     @property
     def max_seq_len(self) -> int:
         return self.profile.max_seq_len
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.profile.kv_cache_tokens
+
+    @property
+    def kv_block_tokens(self) -> int:
+        return self.profile.kv_block_tokens
 
     def warmup(self) -> None:
         """Nothing to compile or capture."""

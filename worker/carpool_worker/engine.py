@@ -15,8 +15,9 @@ again one request at a time, and every other request of the step keeps its token
 ``apply_limits(doc)`` swaps the limits between two steps (raising ``StaleLimits`` for an older
 version); requests in flight are kept. ``request.cancel()`` from any thread makes the request
 leave at the next step.
-The runner only needs ``execute(step) -> {request id: token}``, ``num_slots`` and
-``max_seq_len``, so tests can drive the engine with a stand-in or the real tiny model.
+The runner only needs ``execute(step) -> {request id: token}``, ``num_slots``, ``max_seq_len``,
+``kv_cache_tokens`` and ``kv_block_tokens`` (its KV pool and block size, which the scheduler
+hands out), so tests can drive the engine with a stand-in or the real tiny model.
 """
 
 from __future__ import annotations
@@ -66,7 +67,13 @@ class Engine:
         self.metrics = metrics or WorkerMetrics()
         self.clock = clock
         self.scheduler = Scheduler(
-            limits, runner.num_slots, runner.max_seq_len, prefill_token_budget, eos_token_ids
+            limits,
+            runner.num_slots,
+            runner.max_seq_len,
+            prefill_token_budget,
+            eos_token_ids,
+            kv_cache_tokens=runner.kv_cache_tokens,
+            kv_block_tokens=runner.kv_block_tokens,
         )
         self.metrics.set_limits(limits)
         self.metrics.kv_capacity.set(self.scheduler.kv_cache_tokens)
@@ -177,7 +184,7 @@ class Engine:
         m = self.metrics
         m.step_duration.observe(now - started)
         m.batch_size.observe(len(step.decode) + len(step.prefill))
-        m.kv_usage.set(kv_in_use / (self.runner.num_slots * self.runner.max_seq_len))
+        m.kv_usage.set(kv_in_use / self.scheduler.kv_cache_tokens)
         m.observe_step(now - started, [*step.decode, *(r for r, _, _ in step.prefill)], running)
         m.set_queue_counts(counts)
         self._emit_tokens(emitted, now)

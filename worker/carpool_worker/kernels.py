@@ -10,7 +10,8 @@ rounding) with fewer passes over memory:
   prompt chunk, each program takes a block of tokens of one head, so an 8k-token chunk is not
   hundreds of thousands of one-warp programs);
 - ``decode_attention``: split-K ("flash-decoding") attention that reads only each row's live
-  context, each key/value once per group of query heads, then a small merge kernel;
+  context through the block table (one lookup per 64-key tile), each key/value once per group
+  of query heads, then a small merge kernel;
 - ``prefill_attention``: not a Triton kernel but the shared SDPA call of ``torch_ops`` (flash
   attention over the cache in place, bottom-right causal, native grouped-query heads).
 
@@ -70,13 +71,12 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
 def _rope_cache_kernel(
     qkv_ptr,
     pos_ptr,
-    slot_ptr,
+    row_ptr,
     cos_ptr,
     sin_ptr,
     q_out_ptr,
     k_cache_ptr,
     v_cache_ptr,
-    max_seq,
     H: tl.constexpr,
     K: tl.constexpr,
     D: tl.constexpr,
@@ -99,8 +99,8 @@ def _rope_cache_kernel(
         tl.store(dst + D // 2 + half, r2.to(q_out_ptr.dtype.element_ty))
     else:
         kh = head - H
-        slot = tl.load(slot_ptr + tok).to(tl.int64)
-        at = ((slot * max_seq + pos) * K + kh) * D
+        cache_row = tl.load(row_ptr + tok).to(tl.int64)
+        at = (cache_row * K + kh) * D
         tl.store(k_cache_ptr + at + half, r1.to(k_cache_ptr.dtype.element_ty))
         tl.store(k_cache_ptr + at + D // 2 + half, r2.to(k_cache_ptr.dtype.element_ty))
         full = tl.arange(0, D)
@@ -112,14 +112,13 @@ def _rope_cache_kernel(
 def _rope_cache_block_kernel(
     qkv_ptr,
     pos_ptr,
-    slot_ptr,
+    row_ptr,
     cos_ptr,
     sin_ptr,
     q_out_ptr,
     k_cache_ptr,
     v_cache_ptr,
     n_tokens,
-    max_seq,
     H: tl.constexpr,
     K: tl.constexpr,
     D: tl.constexpr,
@@ -146,8 +145,8 @@ def _rope_cache_block_kernel(
         tl.store(dst + D // 2, r2.to(q_out_ptr.dtype.element_ty), mask=both)
     else:
         kh = head - H
-        slot = tl.load(slot_ptr + tok, mask=live, other=0).to(tl.int64)
-        at = (((slot * max_seq + pos) * K + kh) * D)[:, None]
+        cache_row = tl.load(row_ptr + tok, mask=live, other=0).to(tl.int64)
+        at = ((cache_row * K + kh) * D)[:, None]
         tl.store(k_cache_ptr + at + half[None, :], r1.to(k_cache_ptr.dtype.element_ty), mask=both)
         tl.store(
             k_cache_ptr + at + D // 2 + half[None, :],
@@ -164,12 +163,14 @@ def _decode_attn_partial_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
+    table_ptr,
+    table_width,
     slot_ptr,
     pos_ptr,
     o_ptr,
     lse_ptr,
     scale,
-    max_seq,
+    PAGE: tl.constexpr,
     H: tl.constexpr,
     K: tl.constexpr,
     G: tl.constexpr,
@@ -195,11 +196,15 @@ def _decode_attn_partial_kernel(
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     lsum = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, D], tl.float32)
-    base = slot * max_seq * K * D + kh * D
+    table_row = table_ptr + slot * table_width
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         live = n < end
-        offs = base + n[:, None].to(tl.int64) * (K * D) + d[None, :]
+        # A tile starts on a multiple of BLOCK_N and PAGE is a multiple of BLOCK_N, so the whole
+        # tile lies in one block of the sequence: one table lookup per tile.
+        page = tl.load(table_row + n0 // PAGE).to(tl.int64)
+        rows = page * PAGE + (n0 % PAGE) + tl.arange(0, BLOCK_N)
+        offs = rows[:, None] * (K * D) + kh * D + d[None, :]
         k = tl.load(k_ptr + offs, mask=live[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * scale
         s = tl.where(live[None, :], s, float("-inf"))
@@ -236,6 +241,8 @@ def _decode_attn_merge_kernel(o_ptr, lse_ptr, out_ptr, D: tl.constexpr, SPLITS: 
 # program; below it (every decode batch of up to 256 rows) the per-token kernel stays.
 PROMPT_ROPE_MIN_TOKENS = 257
 ROPE_BLOCK_TOKENS = 16
+# Keys per tile of decode attention; KV blocks must be a multiple of it.
+DECODE_TILE_TOKENS = 64
 
 
 def _splits_for(batch: int, kv_heads: int, sms: int) -> int:
@@ -282,22 +289,24 @@ class TritonOps:
         _silu_mul_kernel[(rows, triton.cdiv(cols, block))](gate_up, out, cols, BLOCK=block)
         return out
 
-    def rope_and_cache(self, qkv, positions, slots, k_cache, v_cache, rope_cos, rope_sin, config):
+    def rope_and_cache(self, qkv, positions, rows, k_rows, v_rows, rope_cos, rope_sin, config):
         n = qkv.shape[0]
         h, kh, d = config.num_heads, config.num_kv_heads, config.head_dim
         q = torch.empty((n, h, d), device=qkv.device, dtype=qkv.dtype)
-        args = (qkv, positions, slots, rope_cos, rope_sin, q, k_cache, v_cache)
+        args = (qkv, positions, rows, rope_cos, rope_sin, q, k_rows, v_rows)
         if n >= PROMPT_ROPE_MIN_TOKENS:
             _rope_cache_block_kernel[(triton.cdiv(n, ROPE_BLOCK_TOKENS), h + kh)](
-                *args, n, k_cache.shape[1], H=h, K=kh, D=d, BLOCK_T=ROPE_BLOCK_TOKENS, num_warps=4
+                *args, n, H=h, K=kh, D=d, BLOCK_T=ROPE_BLOCK_TOKENS, num_warps=4
             )
         else:  # decode batches (and short chunks): one token and head per program
-            _rope_cache_kernel[(n, h + kh)](*args, k_cache.shape[1], H=h, K=kh, D=d, num_warps=1)
+            _rope_cache_kernel[(n, h + kh)](*args, H=h, K=kh, D=d, num_warps=1)
         return q
 
-    def decode_attention(self, q, k_cache, v_cache, slots, positions, max_len):
+    def decode_attention(self, q, k_cache, v_cache, block_table, slots, positions, max_len):
         b, h, d = q.shape
-        kh = k_cache.shape[2]
+        page, kh = k_cache.shape[1], k_cache.shape[2]
+        if page % DECODE_TILE_TOKENS:
+            raise ValueError(f"KV blocks of {page} tokens: the kernel needs a multiple of 64")
         splits = _splits_for(b, kh, self.sms)
         partial = torch.empty((b, h, splits, d), device=q.device, dtype=torch.float32)
         lse = torch.empty((b, h, splits), device=q.device, dtype=torch.float32)
@@ -305,18 +314,20 @@ class TritonOps:
             q,
             k_cache,
             v_cache,
+            block_table,
+            block_table.shape[1],
             slots,
             positions,
             partial,
             lse,
             d**-0.5,
-            k_cache.shape[1],
+            PAGE=page,
             H=h,
             K=kh,
             G=h // kh,
             D=d,
             BLOCK_G=max(16, triton.next_power_of_2(h // kh)),
-            BLOCK_N=64,
+            BLOCK_N=DECODE_TILE_TOKENS,
             SPLITS=splits,
             num_warps=4,
             num_stages=2,

@@ -1,14 +1,14 @@
-"""A Llama-family decoder in plain torch, over a preallocated slot-based KV cache.
+"""A Llama-family decoder in plain torch, over a paged KV cache.
 
 Contract: ``LlamaModel(config, device, dtype)`` holds the weights (random, or loaded from a
 Hugging Face checkpoint by ``load_model``). ``prefill`` runs a chunk of one sequence's prompt
 and returns the logits of its last position; ``decode`` runs one token for each of a batch of
-sequences and returns their logits. Both write keys and values into :class:`KVCache` at the
-given (slot, position). The arithmetic matches ``transformers``' ``LlamaForCausalLM``: RMSNorm
-in float32, rotate-half RoPE (with Llama 3 frequency scaling), grouped-query attention, SwiGLU.
-The elementwise and attention steps go through an ``ops`` object so that CUDA can swap in fused
-kernels (see ``kernels.py``) while the CPU and the tests use the plain torch reference in
-``torch_ops.py``.
+sequences and returns their logits. Both write keys and values into the :class:`KVCache` block
+that the slot's table row names for each position. The arithmetic matches ``transformers``'
+``LlamaForCausalLM``: RMSNorm in float32, rotate-half RoPE (with Llama 3 frequency scaling),
+grouped-query attention, SwiGLU. The elementwise and attention steps go through an ``ops``
+object so that CUDA can swap in fused kernels (see ``kernels.py``) while the CPU and the tests
+use the plain torch reference in ``torch_ops.py``.
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ class LlamaModel:
 
     # -- forward ----------------------------------------------------------------------------
 
-    def _layers(self, x, cache: KVCache, slots, positions, attend, keep=None):
+    def _layers(self, x, cache: KVCache, rows, positions, attend, keep=None):
         """Runs all layers over flat tokens ``x`` (N, hidden); ``attend(layer, q)`` -> (M, H*d).
+
+        ``rows`` are the tokens' flat cache rows (``KVCache.rows``), where their keys go.
 
         ``keep`` (row indices, or None for all) names the rows whose output is wanted. The last
         layer still writes every row's key and value, but past that write only the kept rows
@@ -122,8 +124,9 @@ class LlamaModel:
         h = ops.rmsnorm(residual, p["0.attn_norm"], eps)
         for i in range(c.num_layers):
             qkv = F.linear(h, p[f"{i}.wqkv"])
+            k_rows, v_rows = cache.layer_rows(i)
             q = ops.rope_and_cache(
-                qkv, positions, slots, cache.k[i], cache.v[i], self.rope_cos, self.rope_sin, c
+                qkv, positions, rows, k_rows, v_rows, self.rope_cos, self.rope_sin, c
             )
             if keep is not None and i == c.num_layers - 1:
                 q, residual = q[keep], residual[keep]
@@ -154,10 +157,10 @@ class LlamaModel:
 
         def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
             return self.ops.decode_attention(
-                q, cache.k[layer], cache.v[layer], slots, positions, max_len
+                q, cache.k[layer], cache.v[layer], cache.block_table, slots, positions, max_len
             )
 
-        h = self._layers(x, cache, slots, positions, attend)
+        h = self._layers(x, cache, cache.rows(slots, positions), positions, attend)
         return self.ops.lm_head(h, self.lm_head)
 
     def prefill(self, cache: KVCache, token_ids: torch.Tensor, slot: int, start: int):
@@ -168,8 +171,8 @@ class LlamaModel:
         """Several prompt chunks ``(token ids, slot, start)`` in one pass over the weights.
 
         The GEMMs and elementwise kernels run once over all chunks' tokens; only attention
-        goes chunk by chunk, each chunk reading its own slot's cache in place (rows
-        0..start+n-1, its own keys written just before). Returns (len(chunks), vocab): each
+        goes chunk by chunk, each chunk reading its own sequence's keys 0..start+n-1 (its own
+        written just before), gathered from its blocks. Returns (len(chunks), vocab): each
         chunk's last-row logits.
         """
         dev = self.device
@@ -197,17 +200,12 @@ class LlamaModel:
             rows = lengths if q.shape[0] == sum(lengths) else [1] * len(chunks)
             outs, offset = [], 0
             for (_, slot, _), n, end in zip(chunks, rows, ends, strict=True):
-                outs.append(
-                    self.ops.prefill_attention(
-                        q[offset : offset + n],
-                        cache.k[layer, slot, :end],
-                        cache.v[layer, slot, :end],
-                    )
-                )
+                k, v = cache.gather(layer, slot, end)
+                outs.append(self.ops.prefill_attention(q[offset : offset + n], k, v))
                 offset += n
             return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-        h = self._layers(x, cache, slots, positions, attend, keep=last)
+        h = self._layers(x, cache, cache.rows(slots, positions), positions, attend, keep=last)
         return self.ops.lm_head(h, self.lm_head)
 
 

@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carpool profile", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--max-batch-size", type=int, default=128, help="KV cache slots")
-    p.add_argument("--max-context", type=int, default=2304, help="tokens per slot")
+    p.add_argument("--max-batch-size", type=int, default=128, help="sequences in a batch")
+    p.add_argument("--max-context", type=int, default=2304, help="longest sequence, in tokens")
     p.add_argument("--batch-sizes", type=_ints, default=_ints("1,2,4,8,16,32,64,128"))
     p.add_argument("--contexts", type=_ints, default=_ints("128,512,1024,2048"))
     p.add_argument(
@@ -159,7 +159,8 @@ def measure(args, runner, log) -> dict:
         "device": device_name(runner.device),
         "dtype": str(runner.model.dtype).removeprefix("torch."),
         "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "kv_cache_tokens": runner.num_slots * runner.max_seq_len,
+        "kv_cache_tokens": runner.kv_cache_tokens,
+        "kv_block_tokens": runner.kv_block_tokens,
         "max_batch_size": runner.num_slots,
         "max_seq_len": runner.max_seq_len,
         "prefill_chunk_tokens": chunk_tokens,

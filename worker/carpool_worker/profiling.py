@@ -6,7 +6,10 @@ seconds (medians of repeated runs). Steps are timed the way the engine runs them
 ``runner.execute(step)`` on a scheduler :class:`Step`: inputs copied in, the (graph) forward,
 sampling, and the sampled ids back on the host. A prefill chunk is timed at its offset into the
 prompt (it attends to the tokens already cached), a mixed step is a chunk beside a decode batch.
-The KV cache is filled with random values first, so no timing runs over zeros.
+The KV cache is filled with random values first, so no timing runs over zeros. Every timed
+sequence maps onto the same first blocks of the cache (``time_on_blocks``): the timing reads
+and writes them as serving would, and what they hold does not matter, so a large batch at a
+long context is timed without a cache that large.
 """
 
 from __future__ import annotations
@@ -48,11 +51,20 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 10) 
     return 2 * nbytes * reps / (time.perf_counter() - start)
 
 
+def time_on_blocks(runner, slots, tokens: int) -> list[int]:
+    """Points each of ``slots`` at the cache's first blocks, enough for ``tokens``; returns them."""
+    blocks = list(range(-(-tokens // runner.kv_block_tokens)))
+    for slot in slots:
+        runner.cache.assign(slot, blocks)
+    return blocks
+
+
 @torch.inference_mode()
 def decode_step_seconds(runner, batch: int, context: int, steps: int = 20) -> float:
     """Median seconds of one engine decode step with ``batch`` rows at ``context`` tokens."""
     vocab = runner.model.config.vocab_size
     slots = list(range(batch))
+    time_on_blocks(runner, slots, context)
     positions = [context - 1] * batch
     tokens = [(17 * i + 3) % vocab for i in range(batch)]
     times = []
@@ -68,9 +80,11 @@ def decode_step_seconds(runner, batch: int, context: int, steps: int = 20) -> fl
 def _decoding(runner, batch: int, context: int) -> list[Request]:
     """``batch`` requests in slots 0.., each ``context`` tokens into its output."""
     reqs = []
+    blocks = time_on_blocks(runner, range(batch), context)
     for i in range(batch):
         req = Request(range(context - 1), 1 << 20, "profile", 0.0)
         req.slot, req.num_prefilled, req.output_ids = i, context - 1, [(17 * i + 3) % 1000]
+        req.blocks = blocks
         reqs.append(req)
     return reqs
 
@@ -80,6 +94,7 @@ def _chunk(runner, slot: int, chunk: int, offset: int) -> tuple[Request, int, in
     prompt = [(7 * j + 11) % vocab for j in range(offset + chunk)]
     req = Request(prompt, 1, "profile", 0.0)
     req.slot, req.num_prefilled = slot, offset
+    req.blocks = time_on_blocks(runner, [slot], offset + chunk)
     return req, offset, chunk
 
 
@@ -119,6 +134,7 @@ def mixed_seconds(runner, batch: int, context: int, chunk: int, offset: int, rep
 def prefill_seconds(runner, prompt_tokens: int, reps: int = 3) -> float:
     vocab = runner.model.config.vocab_size
     prompt = torch.randint(0, vocab, (prompt_tokens,), device=runner.device)
+    time_on_blocks(runner, [0], prompt_tokens)
     times = []
     for _ in range(reps + 1):
         sync(runner.device)

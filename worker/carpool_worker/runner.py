@@ -1,10 +1,16 @@
 """Executes a scheduler :class:`Step` on the model: prefill chunks, one batched decode, sampling.
 
-Contract: ``ModelRunner.execute(step)`` returns ``{request id: sampled token}`` for every decode
-row and every prefill chunk that completes its prompt. Host work per step is a few small tensor
-copies and one device->host transfer of the sampled ids; there is no Python loop per token per
-sequence on the device path. On CUDA the decode step replays a CUDA graph captured for the next
-batch size up (rows past the real batch are padding that writes to the cache's scratch slot).
+Contract: ``ModelRunner(model, num_slots, max_seq_len, kv_cache_tokens=None)`` owns the paged
+KV cache: ``num_slots`` sequences decode at once, each of up to ``max_seq_len`` tokens, out of
+one pool of ``kv_cache_tokens`` in blocks of ``kv_block_tokens`` (by default most of the GPU
+memory left after the weights; on CPU, ``CPU_KV_CACHE_BYTES``). The scheduler hands out the
+blocks (``Request.blocks``); a prefill chunk at position 0 points the request's slot at them.
+
+``execute(step)`` returns ``{request id: sampled token}`` for every decode row and every
+prefill chunk that completes its prefill. Host work per step is a few small tensor copies and
+one device->host transfer of the sampled ids; there is no Python loop per token per sequence on
+the device path. On CUDA the decode step replays a CUDA graph captured for the next batch size
+up (rows past the real batch are padding that writes to the cache's scratch block).
 """
 
 from __future__ import annotations
@@ -13,12 +19,33 @@ import logging
 
 import torch
 
+from carpool_replica.profile import DEFAULT_KV_BLOCK_TOKENS
 from carpool_replica.scheduler import Step
 
 from .model import KVCache, LlamaModel
 from .sampling import sample
 
 log = logging.getLogger(__name__)
+
+# The share of the GPU memory free after the weights that the KV cache may take, and what it
+# leaves besides for activations (an 8k-token prefill chunk of bench-8b needs about 1 GiB),
+# the decode graphs' pool and the allocator's slack.
+GPU_KV_MEMORY_FRACTION = 0.9
+GPU_ACTIVATION_RESERVE_BYTES = 4 << 30
+# On CPU there is no device memory to measure; the cache takes this much.
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def default_kv_cache_tokens(model: LlamaModel, num_slots: int, max_seq_len: int) -> int:
+    """KV tokens the cache holds when not told: what the memory allows, and never more than
+    every slot at the full context could use."""
+    per_token = KVCache.bytes_per_token(model.config, model.dtype)
+    if model.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(model.device)
+        budget = int(free * GPU_KV_MEMORY_FRACTION) - GPU_ACTIVATION_RESERVE_BYTES
+    else:
+        budget = CPU_KV_CACHE_BYTES
+    return max(0, min(budget // per_token, num_slots * max_seq_len))
 
 
 def graph_batch_sizes(max_batch: int) -> list[int]:
@@ -90,12 +117,30 @@ class ModelRunner:
         model: LlamaModel,
         num_slots: int,
         max_seq_len: int,
+        kv_cache_tokens: int | None = None,
+        kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS,
         use_cuda_graphs: bool | None = None,
         seed: int = 0,
     ):
         self.model = model
         self.device = model.device
-        self.cache = KVCache(model.config, num_slots, max_seq_len, model.device, model.dtype)
+        if kv_cache_tokens is None:
+            kv_cache_tokens = default_kv_cache_tokens(model, num_slots, max_seq_len)
+        num_blocks = kv_cache_tokens // kv_block_tokens
+        if num_blocks < 1:
+            raise ValueError(
+                f"the KV cache holds {kv_cache_tokens} tokens, less than one block of "
+                f"{kv_block_tokens}: free memory, or lower --max-context / --max-batch-size"
+            )
+        self.cache = KVCache(
+            model.config,
+            num_slots,
+            max_seq_len,
+            num_blocks,
+            kv_block_tokens,
+            model.device,
+            model.dtype,
+        )
         if use_cuda_graphs is None:
             use_cuda_graphs = model.device.type == "cuda"
         self.use_cuda_graphs = use_cuda_graphs
@@ -109,6 +154,14 @@ class ModelRunner:
     @property
     def max_seq_len(self) -> int:
         return self.cache.max_seq_len
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.cache.capacity_tokens
+
+    @property
+    def kv_block_tokens(self) -> int:
+        return self.cache.block_tokens
 
     def warmup(self) -> None:
         """Runs every path once (and captures the decode graphs) before the worker is ready."""
@@ -155,12 +208,15 @@ class ModelRunner:
             rows.append(logits)
             owners.extend(reqs)
         if step.prefill:
+            for r, s, _ in step.prefill:
+                if s == 0:  # a sequence (or a preempted one, resumed) starts on its blocks
+                    self.cache.assign(r.slot, r.blocks)
             chunks = [
-                (torch.tensor(r.prompt_ids[s : s + n], device=self.device), r.slot, s)
+                (torch.tensor(r.prefill_ids[s : s + n], device=self.device), r.slot, s)
                 for r, s, n in step.prefill
             ]
             logits = self.model.prefill_many(self.cache, chunks)
-            done = [i for i, (r, s, n) in enumerate(step.prefill) if s + n >= len(r.prompt_ids)]
+            done = [i for i, (r, s, n) in enumerate(step.prefill) if s + n >= len(r.prefill_ids)]
             if done:
                 rows.append(logits[done] if len(done) < len(chunks) else logits)
                 owners.extend(step.prefill[i][0] for i in done)

@@ -51,8 +51,9 @@ def read_profile(path: Path):
 class WorkerSettings:
     model: str = "tiny"
     device: str = "auto"  # cpu | cuda | auto
-    max_batch_size: int = 64  # KV slots: sequences resident at once
-    max_context: int = 1024  # tokens per slot (prompt + generated)
+    max_batch_size: int = 64  # slots: sequences in the batch at once
+    max_context: int = 1024  # the longest sequence, prompt plus output (capped by the model's)
+    kv_cache_tokens: int = 0  # the KV pool; 0 sizes it from free memory (see runner.py)
     prefill_token_budget: int = 0  # prompt tokens per step; 0 picks by device
     limits_path: Path | None = None
     limits_poll_seconds: float = 1.0
@@ -112,7 +113,13 @@ class Worker:
             self._watcher.check_once()  # records the digest of the file already applied
             self._watcher.start()
         self.ready = True
-        log.info("ready: %d slots of %d tokens", runner.num_slots, runner.max_seq_len)
+        log.info(
+            "ready: %d slots, sequences of up to %d tokens, KV cache of %d tokens in blocks of %d",
+            runner.num_slots,
+            runner.max_seq_len,
+            runner.kv_cache_tokens,
+            runner.kv_block_tokens,
+        )
 
     def _model_runner(self):
         """The model on this machine's GPU (or CPU): (runner, prefill chunk, EOS ids)."""
@@ -134,7 +141,11 @@ class Worker:
         torch.manual_seed(s.seed)
         model = load_model(self.config, device, dtype, ops)
         runner = ModelRunner(
-            model, s.max_batch_size, self.max_context, use_cuda_graphs=want_cuda and s.cuda_graphs
+            model,
+            s.max_batch_size,
+            self.max_context,
+            kv_cache_tokens=s.kv_cache_tokens or None,
+            use_cuda_graphs=want_cuda and s.cuda_graphs,
         )
         runner.warmup()
         chunk = s.prefill_token_budget or default_prefill_chunk_tokens(want_cuda)

@@ -2,11 +2,13 @@
 
 Contract: every method computes what the fused CUDA kernels of ``kernels.py`` compute, with
 the same signatures, so ``LlamaModel`` can run either. Shapes: ``qkv`` is (N, (H + 2K) * d)
-for N flat tokens, ``q`` is (N, H, d), caches of one layer are (slots, max_seq, K, d).
+for N flat tokens, ``q`` is (N, H, d); one layer's cache is (blocks, B, K, d) in blocks of B
+tokens, or (blocks * B, K, d) as flat rows, and a block table maps (slot, position // B) to a
+block (see ``kv_cache.py``).
 
-``prefill_attention`` is shared by both op sets: it is scaled-dot-product attention over views
-of one slot's cache (no copy of keys or values), causal from the bottom right, with grouped-query
-heads read in place, so on CUDA it runs in SDPA's flash kernel at any chunk offset.
+``prefill_attention`` is shared by both op sets: it is scaled-dot-product attention over one
+sequence's keys and values (gathered from its blocks), causal from the bottom right, with
+grouped-query heads read in place, so on CUDA it runs in SDPA's flash kernel at any chunk offset.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention of a prompt chunk; q (n, H, d), k and v (L, K, d) with L >= n; -> (n, H * d).
 
-    ``k`` and ``v`` are the slot's cache rows 0..L-1, the chunk's own keys last: query i sits
+    ``k`` and ``v`` are the sequence's keys and values 0..L-1, the chunk's own last: query i sits
     at position L - n + i and sees keys 0..L - n + i. A lower-right causal bias says exactly
     that without a materialised mask, which keeps SDPA on its flash kernel; a square chunk
     (from position 0) is plain ``is_causal``. ``enable_gqa`` lets the kernel map each query
@@ -70,23 +72,26 @@ class TorchOps:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
 
-    def rope_and_cache(self, qkv, positions, slots, k_cache, v_cache, rope_cos, rope_sin, config):
+    def rope_and_cache(self, qkv, positions, rows, k_rows, v_rows, rope_cos, rope_sin, config):
+        """RoPE on q and k; k and v written at the tokens' flat cache ``rows``; returns q."""
         n = qkv.shape[0]
         h, kh, d = config.num_heads, config.num_kv_heads, config.head_dim
         q, k, v = qkv.split([h * d, kh * d, kh * d], dim=-1)
         cos, sin = rope_cos[positions], rope_sin[positions]
         q = apply_rope(q.view(n, h, d), cos, sin)
         k = apply_rope(k.view(n, kh, d), cos, sin)
-        k_cache[slots, positions] = k
-        v_cache[slots, positions] = v.view(n, kh, d)
+        k_rows[rows] = k
+        v_rows[rows] = v.view(n, kh, d)
         return q
 
-    def decode_attention(self, q, k_cache, v_cache, slots, positions, max_len):
-        """Each row attends to its own slot's keys at positions 0..positions[row]."""
+    def decode_attention(self, q, k_cache, v_cache, block_table, slots, positions, max_len):
+        """Each row attends to its own sequence's keys at positions 0..positions[row]."""
         b, h, d = q.shape
-        kh = k_cache.shape[2]
-        k = k_cache[slots, :max_len].float()  # (B, L, K, d)
-        v = v_cache[slots, :max_len].float()
+        block, kh = k_cache.shape[1], k_cache.shape[2]
+        at = torch.arange(max_len, device=q.device)
+        rows = block_table[slots][:, at // block].long() * block + at % block  # (B, L)
+        k = k_cache.flatten(0, 1)[rows].float()  # (B, L, K, d)
+        v = v_cache.flatten(0, 1)[rows].float()
         qg = q.float().view(b, kh, h // kh, d)
         scores = torch.einsum("bkgd,blkd->bkgl", qg, k) * (d**-0.5)
         dead = torch.arange(max_len, device=q.device)[None, :] > positions[:, None]
