@@ -439,10 +439,11 @@ class Scheduler:
         times = []
         for queue in self.endpoints.values():
             if queue.waiting:
-                head = queue.waiting[0]
-                times.append(head.arrival + queue.limits.batch_window_ms / 1000.0)
-                if not head.output_ids:  # one that has streamed tokens never expires
-                    times.append(head.arrival + queue.limits.max_queue_wait_ms / 1000.0 + 1e-3)
+                times.append(queue.waiting[0].arrival + queue.limits.batch_window_ms / 1000.0)
+                # The oldest that can expire: preempted requests that have streamed never do.
+                oldest = next((r for r in queue.waiting if not r.output_ids), None)
+                if oldest is not None:
+                    times.append(oldest.arrival + queue.limits.max_queue_wait_ms / 1000.0 + 1e-3)
         future = [t for t in times if t > now]
         return min(future) if future else None
 

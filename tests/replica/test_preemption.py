@@ -329,6 +329,18 @@ def test_a_preempted_request_that_has_not_streamed_keeps_its_arrival_and_can_exp
     assert drive(sched, model, 0.101).expired == [prefilling]
 
 
+def test_the_next_deadline_is_the_expiry_of_the_oldest_request_that_can_expire():
+    doc = limits(low={"priority": 0, "max_queue_wait_ms": 100}, high={"priority": 100})
+    sched = make(blocks=16, doc=doc)
+    model = PagedModel(sched)
+    lows = fill(sched, model, "low", 4)
+    sched.submit(req("high", arrival=0.05, seed=9))
+    drive(sched, model, 0.05)
+    sched.submit(req("low", arrival=0.06, seed=5))
+    assert sched.endpoints["low"].waiting[0] is lows[-1]  # streamed: it never expires
+    assert sched.next_deadline(0.07) == 0.06 + 0.1 + 1e-3
+
+
 def test_take_waiting_keeps_preempted_requests_to_finish_here():
     sched = make(blocks=16)
     model = PagedModel(sched)
