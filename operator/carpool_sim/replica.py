@@ -2,8 +2,8 @@
 virtual time, each step lasting what the profile says it costs (carpool_replica.steptime).
 
 Contract: a `Replica` holds no scheduling rule of its own; admission, priorities, batch limits
-and windows, KV admission (in blocks of `KV_BLOCK_TOKENS`, as the worker's paged cache),
-chunked prefill, expiry and too-long are the shared scheduler's. It adds only time:
+and windows, KV admission (in blocks of `kv_block_tokens`, by default the worker's 64),
+preemption, chunked prefill, expiry and too-long are the shared scheduler's. It adds only time:
 - time advances only through `run_until(t)`; a step planned at `t0` ends at `t0 + cost(step)`,
   and the step that finishes a prompt's prefill emits its first token at its end;
 - a run of identical decode steps (`Scheduler.steady_decode_steps`) is simulated as one segment
@@ -52,6 +52,7 @@ class Replica:
         max_seq_len: int,
         kv_cache_tokens: int,
         prefill_chunk_tokens: int,
+        kv_block_tokens: int = KV_BLOCK_TOKENS,
     ):
         self.cost = cost
         self.recorder = recorder
@@ -64,7 +65,7 @@ class Replica:
             kv_cache_tokens=kv_cache_tokens,
             # Reservations round up to whole blocks as in the worker, and block ids stay few
             # (one id per token made the simulator twice as slow).
-            kv_block_tokens=KV_BLOCK_TOKENS,
+            kv_block_tokens=kv_block_tokens,
         )
         self.busy_seconds = 0.0
         # The segment in progress: `_steps` steps of `_step_seconds` from `_start`, or None.
