@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -30,6 +31,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos = cos[:, None, :].to(x.dtype)
     sin = sin[:, None, :].to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# SDPA's backends for prompt chunks, in order: never cuDNN's. Left to choose, SDPA may take
+# cuDNN's attention on Hopper, which plans a graph on the host for every new shape, and a
+# serving worker's chunks come in ever new (length, offset) shapes (docs/benchmarks.md).
+PREFILL_SDPA_BACKENDS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -52,9 +63,10 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     kt = k.transpose(0, 1).unsqueeze(0)
     vt = v.transpose(0, 1).unsqueeze(0)
     bias = None if n == length else causal_lower_right(n, length)
-    out = F.scaled_dot_product_attention(
-        qt, kt, vt, attn_mask=bias, is_causal=bias is None, enable_gqa=heads != kv_heads
-    )
+    with sdpa_kernel(PREFILL_SDPA_BACKENDS):
+        out = F.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=bias, is_causal=bias is None, enable_gqa=heads != kv_heads
+        )
     return out[0].transpose(0, 1).reshape(n, heads * d)
 
 
