@@ -55,6 +55,13 @@ class KVCache:
         self.block_table = torch.full(
             (num_slots + 1, width), self.scratch_block, device=device, dtype=torch.int32
         )
+        # The host's copy of each slot's row, pinned where there is a GPU: a new sequence's
+        # row goes over without waiting for the device (the engine syncs on every step's
+        # sampled ids, so a row is never rewritten while its last copy is in flight).
+        self._host_table = torch.empty(
+            (num_slots + 1, width), dtype=torch.int32, pin_memory=self.k.is_cuda
+        )
+        self._host_rows = self._host_table.numpy()
 
     @classmethod
     def with_dedicated_blocks(
@@ -89,8 +96,9 @@ class KVCache:
         """Points ``slot``'s table row at ``blocks`` (entries past them are never read)."""
         if len(blocks) > self.block_table.shape[1]:
             raise ValueError(f"{len(blocks)} blocks exceed the context of {self.max_seq_len}")
-        ids = torch.tensor(list(blocks), dtype=torch.int32)
-        self.block_table[slot, : len(ids)].copy_(ids, non_blocking=False)
+        count = len(blocks)
+        self._host_rows[slot, :count] = blocks
+        self.block_table[slot, :count].copy_(self._host_table[slot, :count], non_blocking=True)
 
     def rows(self, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The flat cache row of each (slot, position): graph-safe device arithmetic."""
