@@ -41,7 +41,7 @@ class Estimate:
     rate_missing: bool
     queue_wait_p95: float | None
     service_time_p95: float | None  # measured over the last rate window
-    service_time: float | None  # the robust estimate: lowest p95 over the memory
+    service_time: float | None  # the robust estimate: the median p95 over the memory
     queue_delay_p95: float | None  # measured, against `queue_budget`
     queue_budget: float | None
     unreachable: bool
