@@ -132,7 +132,7 @@ class WorkerMetrics:
             registry=r,
         )
         self.preemptions = Counter(
-            "carpool_worker_preemptions",
+            "carpool_preemptions",
             "Running requests preempted to make room for a higher priority (each resumes later).",
             ep,
             registry=r,
