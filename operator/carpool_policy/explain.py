@@ -221,7 +221,7 @@ def _endpoint_text(name: str, e) -> str:
     if e.rate_missing:
         text = f"{name} arrival rate missing"
     elif load.arrival_rate > e.observed_rate * 1.001:
-        text += f" (planning for {load.arrival_rate:.2f}: rising or queueing)"
+        text += f" (planning for {load.arrival_rate:.2f}: a backlog to clear)"
     text += f", prompt {load.prompt_tokens:.0f} / output {load.generated_tokens:.0f} tokens"
     if not load.has_sla:
         return text + (", backlogged" if load.backlogged else "")
