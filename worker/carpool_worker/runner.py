@@ -130,7 +130,7 @@ class ModelRunner:
         if num_blocks < 1:
             raise ValueError(
                 f"the KV cache holds {kv_cache_tokens} tokens, less than one block of "
-                f"{kv_block_tokens}: free memory, or lower --max-context / --max-batch-size"
+                f"{kv_block_tokens}: free GPU memory, or set --kv-cache-tokens"
             )
         self.cache = KVCache(
             model.config,
