@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from carpool_replica.steptime import StepCost
 from carpool_sim.controllers import Scripted
 from carpool_sim.replica import Replica
 from carpool_sim.report import attained_mask
@@ -67,15 +66,7 @@ def _alone_ttft(scenario: Scenario, endpoint: str, prompt_tokens: int) -> float:
     """TTFT of one request on an idle replica (inf when the replica refuses it)."""
     profile, spec = scenario.profile, scenario.spec
     recorder = _FirstToken()
-    replica = Replica(
-        StepCost(profile),
-        worker_limits(spec, initial_limits(spec)),
-        recorder,
-        slots=profile.max_batch_size,
-        max_seq_len=profile.max_seq_len,
-        kv_cache_tokens=profile.kv_cache_tokens,
-        prefill_chunk_tokens=profile.prefill_chunk_tokens,
-    )
+    replica = Replica.of_profile(profile, worker_limits(spec, initial_limits(spec)), recorder)
     replica.submit(Request(endpoint, 0.0, prompt_tokens, 1), 0.0)
     while recorder.at is None and replica.next_event is not None:
         replica.run_until(replica.next_event)

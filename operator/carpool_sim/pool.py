@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 from carpool_replica.limits import EndpointLimits
 from carpool_replica.profile import Profile
-from carpool_replica.steptime import StepCost
 from carpool_sim.metrics import RunRecorder
 from carpool_sim.replica import Replica
 from carpool_sim.trace import Request
@@ -49,7 +48,6 @@ class Pool:
         on_replica_changed: Callable[[Pod], None],
     ):
         # One cost cache for every pod: they share a profile, so they share its answers.
-        self.cost = StepCost(profile)
         self.profile = profile
         self.limits = dict(limits)
         self.recorder = recorder
@@ -79,15 +77,7 @@ class Pool:
     # -- scaling -----------------------------------------------------------------------------
 
     def add_pod(self, now: float, ready_at: float) -> Pod:
-        replica = Replica(
-            self.cost,
-            self.limits,
-            self.recorder,
-            slots=self.profile.max_batch_size,
-            max_seq_len=self.profile.max_seq_len,
-            kv_cache_tokens=self.profile.kv_cache_tokens,
-            prefill_chunk_tokens=self.profile.prefill_chunk_tokens,
-        )
+        replica = Replica.of_profile(self.profile, self.limits, self.recorder)
         pod = Pod(len(self.pods), replica, now, ready_at)
         self.pods.append(pod)
         return pod

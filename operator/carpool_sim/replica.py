@@ -2,7 +2,7 @@
 virtual time, each step lasting what the profile says it costs (carpool_replica.steptime).
 
 Contract: a `Replica` holds no scheduling rule of its own; admission, priorities, batch limits
-and windows, KV admission (in blocks of `kv_block_tokens`, by default the worker's 64),
+and windows, KV admission (in blocks of `kv_block_tokens`, the profile's; `Replica.of_profile`),
 preemption, chunked prefill, expiry and too-long are the shared scheduler's. It adds only time:
 - time advances only through `run_until(t)`; a step planned at `t0` ends at `t0 + cost(step)`,
   and the step that finishes a prompt's prefill emits its first token at its end;
@@ -21,6 +21,7 @@ import math
 from typing import Protocol
 
 from carpool_replica.limits import EndpointLimits, LimitsDocument
+from carpool_replica.profile import DEFAULT_KV_BLOCK_TOKENS, Profile
 from carpool_replica.scheduler import Rejected, Scheduler, Step
 from carpool_replica.scheduler import Request as SchedulerRequest
 from carpool_replica.steptime import StepCost
@@ -28,8 +29,6 @@ from carpool_sim.trace import Request
 
 # The emulated worker's tokens are deterministic too; here no token is ever an EOS.
 _TOKEN = 0
-# Tokens per KV block: the worker's default block size for its paged KV cache.
-KV_BLOCK_TOKENS = 64
 
 
 class Recorder(Protocol):
@@ -52,7 +51,7 @@ class Replica:
         max_seq_len: int,
         kv_cache_tokens: int,
         prefill_chunk_tokens: int,
-        kv_block_tokens: int = KV_BLOCK_TOKENS,
+        kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS,
     ):
         self.cost = cost
         self.recorder = recorder
@@ -74,6 +73,23 @@ class Replica:
         self._step_seconds = 0.0
         self._steps = 0
         self._wake: float | None = None  # when an idle replica must look at its queues again
+
+    @classmethod
+    def of_profile(
+        cls, profile: Profile, limits: dict[str, EndpointLimits], recorder: Recorder
+    ) -> Replica:
+        """A replica shaped as the profiled worker: its slots, context, KV pool and blocks,
+        prefill chunk and step costs."""
+        return cls(
+            StepCost(profile),
+            limits,
+            recorder,
+            slots=profile.max_batch_size,
+            max_seq_len=profile.max_seq_len,
+            kv_cache_tokens=profile.kv_cache_tokens,
+            prefill_chunk_tokens=profile.prefill_chunk_tokens,
+            kv_block_tokens=profile.kv_block_tokens,
+        )
 
     def _document(self, limits: dict[str, EndpointLimits]) -> LimitsDocument:
         self._version += 1
