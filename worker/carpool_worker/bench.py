@@ -80,9 +80,7 @@ def check_graph_path(model, steps: int = 16) -> float:
     for graphs in (True, False):
         runner = ModelRunner(model, 16, 512, kv_cache_tokens=16 * 512, use_cuda_graphs=graphs)
         runner.warmup()
-        per_slot = 512 // runner.kv_block_tokens
-        for slot in range(5):  # without a scheduler, each sequence takes blocks of its own
-            runner.cache.assign(slot, range(slot * per_slot, (slot + 1) * per_slot))
+        runner.cache.dedicate_blocks()  # no scheduler: each sequence takes blocks of its own
         prompts = [[(7 * i + 13 * j) % 5000 + 1 for j in range(20 + 37 * i)] for i in range(5)]
         chunks = [(torch.tensor(p, device=model.device), i, 0) for i, p in enumerate(prompts)]
         with torch.inference_mode():

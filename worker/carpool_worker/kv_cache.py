@@ -74,9 +74,18 @@ class KVCache:
         cache = cls(
             config, num_slots, max_seq_len, num_slots * per_slot, block_tokens, device, dtype
         )
-        for slot in range(num_slots):
-            cache.assign(slot, range(slot, num_slots * per_slot, num_slots))
+        cache.dedicate_blocks()
         return cache
+
+    def dedicate_blocks(self) -> None:
+        """Gives every slot blocks of its own for its whole context, interleaved across slots;
+        the cache must hold that many (``with_dedicated_blocks`` sizes one to fit)."""
+        per_slot = self.block_table.shape[1]
+        total = self.num_slots * per_slot
+        if total > self.num_blocks:
+            raise ValueError(f"{self.num_slots} slots of {per_slot} blocks exceed the cache")
+        for slot in range(self.num_slots):
+            self.assign(slot, range(slot, total, self.num_slots))
 
     @staticmethod
     def bytes_per_token(config: ModelConfig, dtype) -> int:
