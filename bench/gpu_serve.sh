@@ -30,6 +30,6 @@ python3 -m carpool_cli.main bench serve --url "http://127.0.0.1:$port" --rates "
   --json "$out/serve.json" | tee "$out/serve.txt"
 kill "$worker"
 wait "$worker" 2>/dev/null || true
-python3 bench/hf_serve_peer.py --model "$model" --rates "$peer_rates" --max-requests "$requests" \
+python3 bench/hf_serve_peer.py --model "$model" --rates "$peer_rates" --requests "$requests" \
   --seconds "$seconds" --time-limit-seconds 120 --stop-after-miss --json "$out/peer.json" \
   2>"$out/peer.log" | tee "$out/peer.txt"

@@ -4,8 +4,8 @@ serving the same token mix, in-process, on the same GPU.
 Usage (from the repository root):
 
     python3 bench/hf_serve_peer.py --model bench-8b --rates 1,2,4 \\
-        --max-requests 64 --seconds 60 --time-limit-seconds 120 [--json OUT.json]
-    python3 bench/hf_serve_peer.py --model tiny --device cpu --rates 2 --max-requests 4 \\
+        --requests 64 --seconds 60 --time-limit-seconds 120 [--json OUT.json]
+    python3 bench/hf_serve_peer.py --model tiny --device cpu --rates 2 --requests 4 \\
         --max-prompt-tokens 256      # the CPU check: a 2-layer model, timings mean nothing
 
 - Model: ``LlamaForCausalLM`` of a carpool preset's shape (``tiny``: 2 layers, hidden 64;
@@ -23,7 +23,7 @@ Usage (from the repository root):
   submission and inter-token latency comes from the stamps. A transformers without
   ``record_timestamps`` is asked to stream instead (``streaming=True``) and each token is timed as
   it reaches the collecting thread; the output says which.
-- Bounds: per rate at most ``--max-requests`` arrivals within ``--seconds``, and the whole rate
+- Bounds: per rate at most ``--requests`` arrivals within ``--seconds``, and the whole rate
   stops ``--time-limit-seconds`` after its first arrival (a hard stop of the manager: requests not
   done are *unfinished*, and the row says how many completed).
 - Output: the header, per-rate rows and capacity line of ``carpool bench serve`` (the same
@@ -80,19 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="bench-8b", help="tiny, bench-1b or bench-8b")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--trace", type=Path, default=REPO / serve.DEFAULT_TRACE)
-    p.add_argument("--max-prompt-tokens", type=int, default=8192)
-    p.add_argument("--rates", default="1,2,4", help="requests/s, comma-separated")
-    p.add_argument("--max-requests", "--requests", type=int, default=64, help="per rate")
-    p.add_argument("--seconds", type=float, default=60.0, help="of arrivals per rate, at most")
+    serve.add_workload_arguments(p, REPO / serve.DEFAULT_TRACE, "1,2,4", requests=64)
     p.add_argument(
         "--time-limit-seconds",
         type=float,
         default=120.0,
         help="per rate, from its first arrival: then stop, the rest unfinished",
     )
-    p.add_argument("--sla-ttft-ms", type=float, default=1000.0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--attn",
         help="run this attention implementation as it is (default: sdpa, switched to flash "
@@ -323,9 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = serve.parse_rates(args.rates)
     trace = load_azure_csv(args.trace, "default")
     requests_by_rate = [
-        serve.token_mix(
-            trace, rate, args.seconds, args.max_requests, args.seed, args.max_prompt_tokens
-        )
+        serve.token_mix(trace, rate, args.seconds, args.requests, args.seed, args.max_prompt_tokens)
         for rate in rates
     ]
     if not any(requests_by_rate):
@@ -382,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     document = head | {
         "cache": settings,
         "max_prompt_tokens": args.max_prompt_tokens,
-        "max_requests_per_rate": args.max_requests,
+        "max_requests_per_rate": args.requests,
         "seconds_per_rate": args.seconds,
         "time_limit_seconds": args.time_limit_seconds,
         "seed": args.seed,

@@ -56,20 +56,14 @@ DEFAULT_RATES = "1,2,4,8,16"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carpool bench serve", description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True, help="a running worker, http://HOST:PORT")
-    p.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="Azure LLM trace CSV")
-    p.add_argument("--max-prompt-tokens", type=int, default=8192)
-    p.add_argument("--rates", default=DEFAULT_RATES, help="requests/s, comma-separated")
-    p.add_argument("--requests", type=int, default=200, help="at most this many per rate")
-    p.add_argument("--seconds", type=float, default=60.0, help="of arrivals per rate, at most")
+    add_workload_arguments(p, DEFAULT_TRACE, DEFAULT_RATES, requests=200)
     p.add_argument(
         "--drain-seconds",
         type=float,
         default=120.0,
         help="after a rate's last arrival, before its requests count as unfinished",
     )
-    p.add_argument("--sla-ttft-ms", type=float, default=1000.0)
     p.add_argument("--endpoint", default="default", help="the X-Carpool-Endpoint header")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--ready-seconds",
         type=float,
@@ -83,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p
+
+
+def add_workload_arguments(
+    p: argparse.ArgumentParser, trace: Path, rates: str, requests: int
+) -> None:
+    """The options that say which requests a sweep sends (``token_mix``) and its SLA: one
+    definition, so ``carpool bench serve`` and its peer take the same ones and, given the same
+    values, send the same requests."""
+    p.add_argument("--trace", type=Path, default=trace, help="Azure LLM trace CSV")
+    p.add_argument("--max-prompt-tokens", type=int, default=8192)
+    p.add_argument("--rates", default=rates, help="requests/s, comma-separated")
+    p.add_argument("--requests", type=int, default=requests, help="at most this many per rate")
+    p.add_argument("--seconds", type=float, default=60.0, help="of arrivals per rate, at most")
+    p.add_argument("--sla-ttft-ms", type=float, default=1000.0)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def parse_rates(text: str) -> list[float]:

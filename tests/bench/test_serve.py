@@ -169,7 +169,7 @@ def test_the_transformers_peer_serves_the_token_mix_on_cpu(tmp_path):
     out = tmp_path / "peer.json"
     result = subprocess.run(
         [sys.executable, "bench/hf_serve_peer.py", "--model", "tiny", "--device", "cpu",
-         "--rates", "2", "--max-requests", "4", "--max-prompt-tokens", "256",
+         "--rates", "2", "--requests", "4", "--max-prompt-tokens", "256",
          "--sla-ttft-ms", "5000", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
