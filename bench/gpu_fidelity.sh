@@ -11,23 +11,14 @@ context=${4:-8704}
 seconds=${5:-45}
 port=8123
 mkdir -p "$out"
+# shellcheck source=bench/worker.sh
+. "$(dirname "$0")/worker.sh"
 python3 -m carpool_cli.main profile --model "$model" --device cuda \
   --max-batch-size "$slots" --max-context "$context" \
   --batch-sizes 1,2,4,8,16,32,64 --contexts 128,512,1024,2048,4096,8192 \
   --pareto-batch-sizes 1,4,16,64 --out "$out/profile.json" 2>"$out/profile.log"
-python3 -m carpool_cli.main worker --model "$model" --device cuda \
-  --max-batch-size "$slots" --max-context "$context" --port "$port" --log-level warning \
-  >"$out/worker.log" 2>&1 &
-worker=$!
-trap 'kill "$worker" 2>/dev/null || true' EXIT
-# Fail at once, with the worker's log, if it dies while loading.
-until python3 -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$port/readyz').status_code != 200)" 2>/dev/null; do
-  if ! kill -0 "$worker" 2>/dev/null; then
-    tail -20 "$out/worker.log" >&2
-    exit 1
-  fi
-  sleep 2
-done
+start_worker "$out/worker.log" "$port" --model "$model" \
+  --max-batch-size "$slots" --max-context "$context"
 python3 -m carpool_cli.main fidelity --url "http://127.0.0.1:$port" --profile "$out/profile.json" \
   --duration "$seconds" --saturation-requests 150 | tee "$out/fidelity.jsonl"
 # The worker's own view of the run (step durations, batch sizes) for diagnosis.
