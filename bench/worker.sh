@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the GPU scripts: start_worker LOG PORT [carpool worker options...] starts a worker
 # in the background (its pid in $worker, killed when the script exits) and returns once it is
 # ready, or exits at once with the end of its log if it dies while loading.
