@@ -115,7 +115,6 @@ class Request:
     finish_reason: str | None = None
     cancelled: bool = False
     cancel_reason: str = "cancelled"
-    kv_reserved: int = 0
     preemptions: int = 0  # times it was preempted; admitted again, it resumes
     prefill_ids: Sequence[int] = field(init=False)
 
@@ -195,7 +194,6 @@ class Scheduler:
         self.num_blocks = self.kv_cache_tokens // self.kv_block_tokens
         # Block ids 0..num_blocks-1; taken from and given back at the end (a stack).
         self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))
-        self.kv_reserved = 0  # tokens, in whole blocks: kv_block_tokens * blocks handed out
         self.free_slots: list[int] = list(range(num_slots - 1, -1, -1))
         self.running: list[Request] = []
         self.endpoints: dict[str, EndpointQueue] = {}
@@ -343,8 +341,6 @@ class Scheduler:
                 cut = len(self.free_blocks) - need
                 req.blocks = self.free_blocks[cut:][::-1]
                 del self.free_blocks[cut:]
-                req.kv_reserved = need * self.kv_block_tokens
-                self.kv_reserved += req.kv_reserved
                 if req.admitted_at is None:
                     req.admitted_at = now
                 queue.running += 1
@@ -422,13 +418,16 @@ class Scheduler:
                 finished.append(req)
         return emitted, finished
 
+    @property
+    def kv_reserved(self) -> int:
+        """KV tokens held by admitted requests: the blocks handed out, in tokens."""
+        return (self.num_blocks - len(self.free_blocks)) * self.kv_block_tokens
+
     def _release(self, req: Request) -> None:
         self.running.remove(req)
         self.free_slots.append(req.slot)
         self.free_blocks.extend(reversed(req.blocks))
         req.blocks = []
-        self.kv_reserved -= req.kv_reserved
-        req.kv_reserved = 0
         queue = self.endpoints.get(req.endpoint)
         if queue is not None:
             queue.running -= 1
