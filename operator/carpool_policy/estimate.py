@@ -5,17 +5,14 @@ returns one endpoint's `Estimate`:
 - `load`, the `EndpointLoad` the model sizes for: the measured arrival rate, plus the queue
   beyond its steady-state length drained over `backlog_drain_seconds`; missing token means fall
   back to the last known, then to defaults;
-- the measured queue-wait, TTFT and service-time p95s, None when their series are missing;
-- `service_time`: the service time no replica count shortens, estimated robustly as the median
-  of the service-time p95s measured over the last `service_time_memory_seconds`
-  (`service_history` plus this one). A p95 measured in a burst holds the prompts' queueing for
-  the prefill budget inside the batch, which replicas do shorten; a burst is a minority of the
-  window, so the median shows the service itself (the lowest p95 would be biased low by
-  the sampling noise of a heavy-tailed prompt length);
-- `queue_delay_p95`, the measured queue delay (what replicas change): the queue-wait p95 when
-  the spec gives `sla.queueWaitP95Milliseconds` or the SLA is unreachable (the TTFT p95 is
-  then the service tail's), else the TTFT p95 less `service_time` (which counts the prompts'
-  queueing for the prefill budget inside the batch, not only the wait for admission);
+- the measured service-time p95, None when its series is missing;
+- `service_time`: the service time no replica count shortens (the start of a request's
+  prefill to its first token), estimated robustly as the median of the service-time p95s
+  measured over the last `service_time_memory_seconds` (`service_history` plus this one): a
+  minute's p95 swings with its longest prompts, and the median of many minutes does not;
+- `queue_delay_p95`, the measured queue delay (what replicas change): the queue-wait p95, the
+  arrival to the step that begins the prefill, which counts the prompts' turn-taking for the
+  prefill budget inside the batch as well as the wait for a slot;
 - the queue budget: `sla.queueWaitP95Milliseconds` when given, else the TTFT budget less
   `service_time` (TTFT = queue delay + service time, and replicas change only the first), at
   least `unreachable_queue_share` of the TTFT budget; None while no service time has been
@@ -39,10 +36,9 @@ class Estimate:
     load: EndpointLoad
     observed_rate: float  # requests per second measured (0 when the series is missing)
     rate_missing: bool
-    queue_wait_p95: float | None
     service_time_p95: float | None  # measured over the last rate window
     service_time: float | None  # the robust estimate: the median p95 over the memory
-    queue_delay_p95: float | None  # measured, against `queue_budget`
+    queue_delay_p95: float | None  # the measured queue-wait p95, against `queue_budget`
     queue_budget: float | None
     unreachable: bool
     service_history: tuple[tuple[float, float], ...] = ()  # (time, p95) kept for the next call
@@ -87,26 +83,13 @@ def estimate(
         load=load,
         observed_rate=rate,
         rate_missing=observed.arrival_rate_per_second is None,
-        queue_wait_p95=observed.queue_wait_p95_seconds,
         service_time_p95=observed.service_time_p95_seconds,
         service_time=service,
-        queue_delay_p95=_queue_delay(endpoint, observed, service, unreachable),
+        queue_delay_p95=observed.queue_wait_p95_seconds,
         queue_budget=budget,
         unreachable=unreachable,
         service_history=history,
     )
-
-
-def _queue_delay(
-    endpoint: EndpointSpec, observed: EndpointObservation, service: float | None, unreachable: bool
-) -> float | None:
-    # With the service time alone over the TTFT budget, the TTFT p95 is the service tail's and
-    # swings with it: the queue part is read from the queue-wait series instead.
-    if endpoint.queue_wait_p95_seconds is not None or unreachable:
-        return observed.queue_wait_p95_seconds
-    if observed.ttft_p95_seconds is None or service is None:
-        return None
-    return max(0.0, observed.ttft_p95_seconds - service)
 
 
 def queue_budget(

@@ -49,7 +49,7 @@ class _FirstToken:
     def __init__(self) -> None:
         self.at: float | None = None
 
-    def admitted(self, request: Request, now: float) -> None:
+    def started(self, request: Request, now: float) -> None:
         pass
 
     def first_token(self, request: Request, now: float) -> None:

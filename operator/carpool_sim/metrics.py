@@ -6,7 +6,7 @@ Contract:
   counters and histograms a worker exports (`carpool_requests_total{outcome}`,
   `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
   `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`,
-  `carpool_service_time_seconds`: admission to first token), summed over the pool's pods, for
+  `carpool_service_time_seconds`: the start of its prefill to its first token), summed over the pool's pods, for
   the simulated Prometheus to scrape.
 - Histogram buckets are `BUCKETS` (upper bounds in seconds, +Inf implied), the worker's.
 """
@@ -80,7 +80,7 @@ class RunRecorder:
             self.series[endpoint] = EndpointSeries()
         return self.series[endpoint]
 
-    def admitted(self, request: Request, now: float) -> None:
+    def started(self, request: Request, now: float) -> None:
         wait = now - request.arrival_seconds
         self.queue_wait[self.index[id(request)]] = wait
         series = self._series(request.endpoint)

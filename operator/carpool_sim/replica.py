@@ -34,7 +34,7 @@ _TOKEN = 0
 class Recorder(Protocol):
     """Receives every request's fate; the run's metrics and Prometheus counters hang off it."""
 
-    def admitted(self, request: Request, now: float) -> None: ...
+    def started(self, request: Request, now: float) -> None: ...  # its prefill begins
     def first_token(self, request: Request, now: float) -> None: ...
     def finished(self, request: Request, now: float) -> None: ...
     def rejected(self, request: Request, now: float, reason: str) -> None: ...
@@ -198,9 +198,8 @@ class Replica:
         step = self.scheduler.schedule(now)
         for req in step.expired:
             self.recorder.rejected(req.sink, now, "expired")
-        for req in step.admitted:
-            if not req.preemptions:  # a preempted request resuming was recorded when it started
-                self.recorder.admitted(req.sink, now)
+        for req in step.started:
+            self.recorder.started(req.sink, now)
         deadline = self.scheduler.next_deadline(now)
         if not step.has_work:
             self._wake = deadline

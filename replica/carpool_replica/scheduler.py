@@ -109,7 +109,10 @@ class Request:
     id: int = field(default_factory=lambda: next(_ids))
     slot: int | None = None
     blocks: list[int] = field(default_factory=list)  # KV block ids, in position order
-    admitted_at: float | None = None
+    # When its first prefill chunk was scheduled: the end of its queue wait (arrival to here)
+    # and the start of its service time (here to the first token). Prompts admitted together
+    # take turns for a step's prefill budget, and that turn-taking is queueing too.
+    prefill_started_at: float | None = None
     num_prefilled: int = 0
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
@@ -146,6 +149,9 @@ class Step:
     cancelled: list[Request] = field(default_factory=list)
     expired: list[Request] = field(default_factory=list)
     admitted: list[Request] = field(default_factory=list)  # new, and resumed after preemption
+    # Requests whose prefill begins in this step (never again after a preemption): their
+    # queue wait ends here.
+    started: list[Request] = field(default_factory=list)
     # Running requests sent back to wait (their slot and blocks taken for a higher priority).
     preempted: list[Request] = field(default_factory=list)
     prefill: list[tuple[Request, int, int]] = field(default_factory=list)  # (req, start, length)
@@ -288,6 +294,9 @@ class Scheduler:
                 length = min(len(req.prefill_ids) - req.num_prefilled, budget)
                 step.prefill.append((req, req.num_prefilled, length))
                 budget -= length
+                if req.prefill_started_at is None:
+                    req.prefill_started_at = now
+                    step.started.append(req)
         return step
 
     def _leave(self, step: Step, now: float) -> None:
@@ -341,8 +350,6 @@ class Scheduler:
                 cut = len(self.free_blocks) - need
                 req.blocks = self.free_blocks[cut:][::-1]
                 del self.free_blocks[cut:]
-                if req.admitted_at is None:
-                    req.admitted_at = now
                 queue.running += 1
                 self.running.append(req)
                 step.admitted.append(req)

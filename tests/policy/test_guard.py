@@ -66,7 +66,7 @@ def test_a_queue_well_inside_its_budget_never_scales_up(w):
 
 
 def test_a_queue_near_its_budget_lets_the_model_scale_up(w):
-    observation = w.observe(2, w.traffic(rate=40.0, ttft=1.4, queue=0.8, service=0.4))
+    observation = w.observe(2, w.traffic(rate=40.0, ttft=1.4, queue=1.0, service=0.4))
     decision = decide(observation, w.spec(), PolicyState(), w.NOW, profile=w.profile)
     assert decision.replicas > 2
 
@@ -87,11 +87,10 @@ def test_a_quiet_queue_lets_the_model_scale_down(w):
 
 @pytest.mark.parametrize("queue_budget", [None, 200])
 def test_traffic_without_a_queue_delay_measurement_never_scales_down(w, queue_budget):
-    # The queue delay is the TTFT p95 less the service time, or with an explicit queue budget
-    # the queue-wait p95: without its series nothing says the smaller pool would hold.
+    # The queue delay is the queue-wait p95, against a budget from the TTFT budget or given:
+    # without its series nothing says the smaller pool would hold.
     spec = w.spec() if queue_budget is None else with_queue_budget(w.spec(), queue_budget)
-    missing = "ttft_p95_seconds" if queue_budget is None else "queue_wait_p95_seconds"
-    seen = dataclasses.replace(w.traffic(rate=1.0, service=0.4), **{missing: None})
+    seen = dataclasses.replace(w.traffic(rate=1.0, service=0.4), queue_wait_p95_seconds=None)
     decision = decide(w.observe(8, seen), spec, settled_state(w, 8), w.NOW, profile=w.profile)
     assert decision.replicas == 8
     assert "queue_wait_missing" in decision.rules

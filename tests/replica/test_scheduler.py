@@ -166,6 +166,38 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes():
     assert long.prefill_done
 
 
+def test_a_prompt_admitted_beside_others_starts_when_the_prefill_budget_reaches_it():
+    # Two 12-token prompts admitted together under a 16-token budget: the second gets the rest
+    # of the first step, a third admitted with them waits for the next step. Its queue wait
+    # (arrival to `prefill_started_at`) holds that turn-taking: replicas shorten it too.
+    s = make(budget=16)
+    first, second, third = (req(prompt=12, arrival=0.0) for _ in range(3))
+    for r in (first, second, third):
+        s.submit(r)
+    step = run_step(s, now=0.5)
+    assert step.admitted == [first, second, third]
+    assert step.started == [first, second]
+    step = run_step(s, now=0.6)
+    assert step.started == [third]
+    assert [r.prefill_started_at for r in (first, second, third)] == [0.5, 0.5, 0.6]
+
+
+def test_a_request_preempted_and_resumed_starts_its_prefill_once():
+    doc = limits(low={"priority": 0}, high={"priority": 10})
+    s = make(slots=1, doc=doc)
+    low = req("low", prompt=4, max_tokens=50)
+    s.submit(low)
+    run_step(s, now=0.0)
+    s.submit(req("high", arrival=0.1, prompt=4, max_tokens=1))
+    run_step(s, now=0.1)
+    assert low.preemptions == 1
+    started = []
+    for t in range(2, 6):
+        started += run_step(s, now=t * 0.1).started
+    assert low.slot is not None and low not in started
+    assert low.prefill_started_at == 0.0
+
+
 def test_eos_finishes_and_frees_the_slot():
     s = make(slots=1)
     r = req(max_tokens=100)

@@ -36,8 +36,8 @@ class Log:
     def __init__(self):
         self.events: list[tuple] = []
 
-    def admitted(self, request: Request, now: float) -> None:
-        self.events.append(("admitted", request, now))
+    def started(self, request: Request, now: float) -> None:
+        self.events.append(("started", request, now))
 
     def first_token(self, request: Request, now: float) -> None:
         self.events.append(("first_token", request, now))

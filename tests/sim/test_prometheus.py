@@ -82,7 +82,7 @@ def test_service_time_p95_comes_from_its_own_histogram():
 def test_the_recorder_splits_ttft_into_queue_wait_and_service_time():
     request = Request(arrival_seconds=1.0, endpoint="chat", prompt_tokens=10, output_tokens=5)
     recorder = RunRecorder([request])
-    recorder.admitted(request, 1.5)
+    recorder.started(request, 1.5)
     recorder.first_token(request, 1.7)
     series = recorder.series["chat"]
     assert series.queue_wait.total == pytest.approx(0.5)

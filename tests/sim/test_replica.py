@@ -37,7 +37,7 @@ def test_prefill_shares_a_step_with_running_decodes(log, make_replica):
     replica.submit(second, 0.5)
     replica.run_until(10.0)
     # `second` joins at the step boundary after 0.5 and its prefill step also decodes `first`.
-    admitted = log.time_of("admitted", second)
+    admitted = log.time_of("started", second)
     assert 0.5 <= admitted < 0.5 + 0.01 + 1e-9
     assert log.time_of("first_token", second) == pytest.approx(admitted + 0.01 + 0.01)
 
@@ -53,7 +53,7 @@ def test_higher_priority_is_admitted_first(log, make_replica):
     replica.run_until(0.2)
     replica.submit(high, 0.2)
     replica.run_until(10.0)
-    assert log.time_of("admitted", high) < log.time_of("admitted", low)
+    assert log.time_of("started", high) < log.time_of("started", low)
 
 
 def test_an_endpoint_never_runs_more_than_its_max_batch_size(log, make_replica):
@@ -72,7 +72,7 @@ def test_a_lone_request_waits_out_the_batch_window(log, make_replica):
     request = Request("chat", 0.0, prompt_tokens=10, output_tokens=1)
     replica.submit(request, 0.0)
     replica.run_until(10.0)
-    assert log.time_of("admitted", request) == pytest.approx(0.2)
+    assert log.time_of("started", request) == pytest.approx(0.2)
 
 
 def test_a_full_batch_does_not_wait_for_the_window(log, make_replica):
@@ -82,7 +82,7 @@ def test_a_full_batch_does_not_wait_for_the_window(log, make_replica):
     for r in pair:
         replica.submit(r, 0.0)
     replica.run_until(10.0)
-    assert [log.time_of("admitted", r) for r in pair] == [0.0, 0.0]
+    assert [log.time_of("started", r) for r in pair] == [0.0, 0.0]
 
 
 def test_a_request_waiting_past_its_max_wait_is_rejected(log, make_replica):
@@ -103,7 +103,7 @@ def test_a_full_queue_turns_requests_away(log, make_replica):
     for r in requests:
         replica.submit(r, 0.0)
     # The first runs, the second fills the one-place queue, the third is turned away.
-    assert [log.kinds(r) for r in requests] == [["admitted"], [], ["rejected"]]
+    assert [log.kinds(r) for r in requests] == [["started"], [], ["rejected"]]
 
 
 def test_kv_capacity_bounds_admission(log, make_replica):
@@ -133,8 +133,8 @@ def test_a_preempted_request_resumes_and_is_recorded_once(log, make_replica):
     replica.submit(urgent, 0.5)
     replica.run_until(100.0)
     # `urgent` takes the blocks at the next step boundary; `offline` resumes after it.
-    assert log.time_of("admitted", urgent) < 0.5 + 0.01 + 1e-9
-    assert log.kinds(offline) == ["admitted", "first_token", "finished"]
-    assert log.kinds(urgent) == ["admitted", "first_token", "finished"]
+    assert log.time_of("started", urgent) < 0.5 + 0.01 + 1e-9
+    assert log.kinds(offline) == ["started", "first_token", "finished"]
+    assert log.kinds(urgent) == ["started", "first_token", "finished"]
     assert log.time_of("finished", offline) > log.time_of("finished", urgent)
     assert replica.idle and replica.scheduler.kv_reserved == 0

@@ -152,10 +152,10 @@ class Engine:
     def _after_schedule(self, step: Step, now: float) -> None:
         m = self.metrics
         for req in step.admitted:
-            if req.preemptions:  # resuming: its wait and prompt were counted when it started
-                continue
+            if not req.preemptions:  # resuming: its prompt was counted when it started
+                m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
+        for req in step.started:
             m.queue_wait.labels(req.endpoint).observe(now - req.arrival)
-            m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
         for req in step.preempted:
             m.preemptions.labels(req.endpoint).inc()
         for req in step.cancelled:
@@ -229,8 +229,8 @@ class Engine:
             last = last_token_at.get(req.id)
             if last is None:
                 per[0].append(now - req.arrival)
-                admitted = req.arrival if req.admitted_at is None else req.admitted_at
-                per[1].append(now - admitted)
+                started = req.arrival if req.prefill_started_at is None else req.prefill_started_at
+                per[1].append(now - started)
             else:
                 per[2].append(now - last)
             last_token_at[req.id] = now

@@ -67,13 +67,15 @@ class WorkerMetrics:
             return Histogram(name, doc, ep, buckets=LATENCY_BUCKETS, registry=r)
 
         self.queue_wait = hist(
-            "carpool_queue_wait_seconds", "Arrival to admission into the running batch."
+            "carpool_queue_wait_seconds",
+            "Arrival to the step that begins the request's prefill (waiting for a batch slot, "
+            "then for its turn at the step's prefill budget).",
         )
         self.ttft = hist("carpool_time_to_first_token_seconds", "Arrival to the first token.")
         # TTFT = queue wait + service time; replicas and limits change only the queue wait.
         self.service_time = hist(
             "carpool_service_time_seconds",
-            "Admission into the running batch to the first token (own prefill and first step).",
+            "The step that begins the request's prefill to its first token (its own prefill).",
         )
         self.inter_token = hist(
             "carpool_inter_token_latency_seconds", "Time between two tokens of one request."
