@@ -16,7 +16,8 @@ The stages, one module each:
 
     estimate  rates, token means, measured queue delay and service time, queue budgets (estimate)
     plan      the model, anchored at the measured queue delay: fewest replicas + limits whose
-              predicted queue delay fits (planner)
+              predicted queue delay fits (planner); where the model calls the ready replicas
+              overloaded but their queue was measured finite, the measurement sizes the step
     guard     measured queue delay decides the direction and overrides the model (guard)
     damp      fast up, stabilized down, bounded steps (damping)
     explain   conditions and a reason naming every rule that acted (explain)
@@ -96,6 +97,7 @@ def decide(
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
+    sizing: list[str] = []  # rules that sized the step before the guard
     if profile is not None:
         # The step up is sized by the model anchored at the measured queue delay; the step down
         # by the model as it is, whose level errs on the side of capacity (a quiet minute is
@@ -107,6 +109,16 @@ def decide(
         highest = spec.max_replicas
         up_plan = plan(loads, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
         up, down = _model_counts(up_plan, unanchored, spec, profile, tuning, current, lowest)
+        if any(math.isinf(predicted) for predicted, _ in anchors.values()) and up > current:
+            # The model says the ready replicas cannot keep up, yet their queue was measured
+            # finite: its level is off by more than anchoring corrects, and HPA's ratio rule on
+            # the measurement sizes the step up instead.
+            worst = max(_ratios(estimates, observation).values(), default=None)
+            if worst is not None and worst > tuning.budget_headroom:  # else the guard holds
+                measured_up = max(current, _ratio_step(worst, observation, current, tuning))
+                if measured_up < up:
+                    up = measured_up
+                    sizing.append("model_unbounded")
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
@@ -116,7 +128,7 @@ def decide(
         needed = max(needed, spec.max_replicas + 1)
 
     damped = damp(guarded.up, guarded.down, current, spec, state.recommendations, now, tuning)
-    rules = list(guarded.rules) + list(damped.rules)
+    rules = sizing + list(guarded.rules) + list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
     if capacity_limited and replicas > current:
@@ -228,25 +240,36 @@ def _model_counts(up_plan, loads, spec, profile, tuning, current, lowest) -> tup
 def _measured_counts(estimates, observation, current, lowest, tuning) -> tuple[int, int]:
     """Without a profile: HPA's ratio rule on the measured queue delay over its budget (the
     guard's `measured_ratio`), up at `budget_headroom`, down at `scale_down_headroom`."""
-    ratios = []
-    for name, e in estimates.items():
-        if not e.load.has_sla or e.observed_rate <= 0:
-            continue
-        ratio = measured_ratio(e, observation.endpoints.get(name) or _EMPTY)
-        if ratio is None:
-            return current, current  # traffic but no latency yet: hold
-        ratios.append(ratio)
+    ratios = _ratios(estimates, observation)
+    if any(ratio is None for ratio in ratios.values()):
+        return current, current  # traffic but no latency yet: hold
     if not ratios:
         idle = all(
             e.observed_rate == 0 and not e.rate_missing and not e.load.backlogged
             for e in estimates.values()
         )
         return (lowest, lowest) if idle else (current, current)
-    worst = max(ratios)
-    base = max(current, 1)
-    up = math.ceil(base * worst / tuning.budget_headroom) if worst > tuning.budget_headroom else 0
-    down = max(lowest, math.ceil(base * worst / tuning.scale_down_headroom))
+    worst = max(ratios.values())
+    up = _ratio_step(worst, observation, current, tuning) if worst > tuning.budget_headroom else 0
+    down = max(lowest, math.ceil(max(current, 1) * worst / tuning.scale_down_headroom))
     return max(up, lowest), down
+
+
+def _ratios(estimates, observation) -> dict[str, float | None]:
+    """The measured ratio of every SLA endpoint with traffic (None where not measured)."""
+    return {
+        name: measured_ratio(e, observation.endpoints.get(name) or _EMPTY)
+        for name, e in estimates.items()
+        if e.load.has_sla and e.observed_rate > 0
+    }
+
+
+def _ratio_step(worst: float, observation, current: int, tuning: Tuning) -> int:
+    """HPA's rule: the pods that measured `worst` grown until it would be `budget_headroom`.
+    The ratio was measured on the ready pods, so pods still starting are not counted twice."""
+    ready = observation.ready_replicas
+    serving = ready if 0 < ready < current else max(current, 1)
+    return math.ceil(serving * worst / tuning.budget_headroom)
 
 
 def held_limits(observation: Observation, spec: PoolSpec) -> dict[str, EndpointLimits]:

@@ -11,6 +11,7 @@ operator uses it as the Event message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ RULES = (
     "metrics_unavailable",  # Prometheus down, no samples or stale: hold everything
     "series_missing",  # an endpoint's arrival rate is missing: no scale-down
     "queue_wait_missing",  # an SLA endpoint has traffic but no queue delay measured: no scale-down
+    "model_unbounded",  # model: ready pods overloaded; measured: a finite queue. Ratio sizes up
     "queue_breach",  # measured queue delay p95 over its budget: scale up, whatever the model says
     "queue_within_budget",  # measured queue delay within the headroom: the model may not scale up
     "queue_not_low",  # measured queue delay above the quiet fraction: no scale-down
@@ -190,15 +192,20 @@ def reason_for(
             f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} queue delay"
             f" within {100 * tuning.budget_headroom:g}% of each queue budget"
         )
-    if step.anchors:
-        parts.append(
-            "model anchored at the measured queue delay ("
-            + ", ".join(
-                f"{name} predicted {_ms(predicted)}, measured {_ms(measured)}"
-                for name, (predicted, measured) in step.anchors.items()
+    for finite, text in (
+        (True, "model anchored at the measured queue delay"),
+        (False, "model predicts an unbounded queue where a finite one was measured"),
+    ):
+        named = {n: pm for n, pm in step.anchors.items() if math.isinf(pm[0]) != finite}
+        if named:
+            parts.append(
+                f"{text} ("
+                + ", ".join(
+                    f"{name} predicted {_ms(predicted)}, measured {_ms(measured)}"
+                    for name, (predicted, measured) in named.items()
+                )
+                + ")"
             )
-            + ")"
-        )
     if step.damping_note:
         parts.append(step.damping_note)
     retuned = [

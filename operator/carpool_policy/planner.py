@@ -76,10 +76,11 @@ def anchor(
     its queue budget is scaled by predicted / measured, so the model keeps its shape (how the
     queue falls with replicas) but takes its level from the measurement. A measurement below
     `queue_quiet_fraction` of the budget counts as that fraction (it says only that the queue
-    is short). A measurement above the prediction, or a prediction of an ever-growing queue,
-    leaves the model as it is: the guard's breach rule answers for traffic worse than the
-    model. Returns the loads and, per anchored
-    endpoint, (predicted, measured)."""
+    is short). A measurement above the prediction leaves the model as it is: the guard's breach
+    rule answers for traffic worse than the model. A prediction of an ever-growing queue where a
+    finite one was measured cannot be anchored (no scale maps infinity onto a measurement); it
+    is returned as (inf, measured) and `decide` sizes that step from the measurement alone.
+    Returns the loads and, per anchored endpoint, (predicted, measured)."""
     if ready <= 0 or not measured:
         return tuple(loads), {}
     at_ready = forecast(loads, limits, ready, profile, tuning)
@@ -92,6 +93,8 @@ def anchor(
         window = limits[load.name].batch_window_milliseconds / 1000.0
         predicted = planned_queueing(at_ready.endpoints[load.name], window)
         floor = tuning.queue_quiet_fraction * load.queue_budget_seconds
+        if math.isinf(predicted):
+            anchors[load.name] = (predicted, seen)
         if math.isinf(predicted) or not predicted > max(seen, floor):
             anchored.append(load)
             continue

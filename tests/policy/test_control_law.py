@@ -124,3 +124,21 @@ def test_the_step_up_is_sized_by_the_model_anchored_at_the_measured_queue_delay(
         EndpointLoad("offline", 0, 0.5, 2048, 28, None),
     ]
     assert plan(unanchored, w.spec(), w.profile, DEFAULT_TUNING, 0.85, 1, 16).replicas == 8
+
+
+def test_a_model_that_calls_the_ready_pods_overloaded_does_not_size_the_step(w):
+    # 40 req/s on 2 replicas: the model predicts an ever-growing queue there, yet the queue was
+    # measured at 1000 ms of 1100 ms. HPA's ratio rule on the measurement sizes the step:
+    # ceil(2 * (1000 / 1100) / 0.85) = 3, where the model alone asks for many more.
+    observation = w.observe(2, w.traffic(rate=40.0, ttft=1.4, queue=1.0, service=0.4))
+    decision = decide(observation, w.spec(), with_service(w, 0.4), w.NOW, w.profile)
+    assert decision.replicas == 3
+    assert "model_unbounded" in decision.rules
+    assert "inline predicted unbounded, measured 1000 ms" in decision.reason
+
+
+def test_pods_still_starting_are_not_counted_twice_by_the_ratio_rule(w):
+    # The same measurement on 2 ready pods while a third starts: the 3 already asked for hold.
+    seen = w.traffic(rate=40.0, ttft=1.4, queue=1.0, service=0.4)
+    decision = decide(w.observe(3, seen, ready=2), w.spec(), with_service(w, 0.4), w.NOW, w.profile)
+    assert decision.replicas == 3
