@@ -109,12 +109,14 @@ def queries(window: str) -> dict[str, str]:
     def p95(histogram: str) -> str:
         return f"histogram_quantile(0.95, sum by ({BY}, le) (rate({histogram}_bucket[{window}])))"
 
-    admitted = rate("carpool_queue_wait_seconds_count")
+    # A request is counted once its prefill starts (its queue wait ends there, and its prompt is
+    # counted with it), so arrivals lag by one queue wait: seconds against the rate window.
+    started = rate("carpool_queue_wait_seconds_count")
     rejected = rate("carpool_requests_total", '{outcome="rejected"}')
     return {
-        # Arrivals = requests admitted into a batch + requests turned away at the door.
-        "arrival_rate_per_second": f"{admitted} + ({rejected} or {admitted} * 0)",
-        "mean_prompt_tokens": f"{rate('carpool_prompt_tokens_total')} / {admitted}",
+        # Arrivals = requests whose prefill started + requests turned away at the door.
+        "arrival_rate_per_second": f"{started} + ({rejected} or {started} * 0)",
+        "mean_prompt_tokens": f"{rate('carpool_prompt_tokens_total')} / {started}",
         "mean_generated_tokens": (
             f"{rate('carpool_generated_tokens_total')} / "
             f"{rate('carpool_request_duration_seconds_count')}"

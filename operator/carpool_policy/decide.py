@@ -113,7 +113,7 @@ def decide(
             # The model says the ready replicas cannot keep up, yet their queue was measured
             # finite: its level is off by more than anchoring corrects, and HPA's ratio rule on
             # the measurement sizes the step up instead.
-            worst = max(_ratios(estimates, observation).values(), default=None)
+            worst = _worst_judged_ratio(estimates, observation, tuning)
             if worst is not None and worst > tuning.budget_headroom:  # else the guard holds
                 measured_up = max(current, _ratio_step(worst, observation, current, tuning))
                 if measured_up < up:
@@ -262,6 +262,20 @@ def _ratios(estimates, observation) -> dict[str, float | None]:
         for name, e in estimates.items()
         if e.load.has_sla and e.observed_rate > 0
     }
+
+
+def _worst_judged_ratio(estimates, observation, tuning: Tuning) -> float | None:
+    """The worst measured ratio, or None unless every SLA endpoint with traffic was measured
+    and one of them had the traffic for a p95 that says something (`min_feedback_rate`)."""
+    ratios = _ratios(estimates, observation)
+    if any(ratio is None for ratio in ratios.values()):
+        return None
+    judged = [
+        ratio
+        for name, ratio in ratios.items()
+        if estimates[name].observed_rate >= tuning.min_feedback_rate
+    ]
+    return max(judged, default=None)
 
 
 def _ratio_step(worst: float, observation, current: int, tuning: Tuning) -> int:

@@ -197,7 +197,8 @@ def reason_for(
         (False, "model predicts an unbounded queue where a finite one was measured"),
     ):
         named = {n: pm for n, pm in step.anchors.items() if math.isinf(pm[0]) != finite}
-        if named:
+        # An unbounded prediction matters only where it made the measurement size the step.
+        if named and (finite or "model_unbounded" in step.rules):
             parts.append(
                 f"{text} ("
                 + ", ".join(

@@ -80,7 +80,7 @@ def anchor(
     rule answers for traffic worse than the model. A prediction of an ever-growing queue where a
     finite one was measured cannot be anchored (no scale maps infinity onto a measurement); it
     is returned as (inf, measured) and `decide` sizes that step from the measurement alone.
-    Returns the loads and, per anchored endpoint, (predicted, measured)."""
+    Returns the loads and, per endpoint anchored or predicted unbounded, (predicted, measured)."""
     if ready <= 0 or not measured:
         return tuple(loads), {}
     at_ready = forecast(loads, limits, ready, profile, tuning)

@@ -39,7 +39,7 @@ class EndpointSpec:
     name: str
     priority: int = 0
     default: bool = False
-    # p95 time-to-first-token budget and p95 queue-wait budget (arrival to admission); with
+    # p95 time-to-first-token budget and p95 queue-wait budget (arrival to prefill start); with
     # neither the endpoint is a throughput class. With only a TTFT budget the queue budget is
     # the TTFT budget less the measured service time (see carpool_policy.estimate).
     ttft_p95_seconds: float | None = None
@@ -111,8 +111,9 @@ class EndpointObservation:
     arrival_rate_per_second: float | None = None
     mean_prompt_tokens: float | None = None
     mean_generated_tokens: float | None = None
-    queue_wait_p95_seconds: float | None = None  # arrival to admission: what scaling changes
-    # admission to first token (own prefill and first step): what scaling does not change
+    # arrival to the step that begins the prefill: what replicas and limits change
+    queue_wait_p95_seconds: float | None = None
+    # that step to the first token (the request's own prefill): what they do not change
     service_time_p95_seconds: float | None = None
     ttft_p95_seconds: float | None = None
     waiting: float | None = None  # carpool_requests_waiting, summed over pods

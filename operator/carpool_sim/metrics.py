@@ -6,8 +6,8 @@ Contract:
   counters and histograms a worker exports (`carpool_requests_total{outcome}`,
   `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
   `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`,
-  `carpool_service_time_seconds`: the start of its prefill to its first token), summed over the pool's pods, for
-  the simulated Prometheus to scrape.
+  `carpool_service_time_seconds`), summed over the pool's pods, for the simulated Prometheus to
+  scrape. A request's queue wait and prompt count when its prefill starts, as the worker's do.
 - Histogram buckets are `BUCKETS` (upper bounds in seconds, +Inf implied), the worker's.
 """
 

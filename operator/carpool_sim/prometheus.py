@@ -68,13 +68,13 @@ def endpoint_observation(
     empty = EndpointSeries()
     a, b = older.series.get(name, empty), newest.series.get(name, empty)
     span = newest.time - older.time
-    admitted = b.queue_wait.counts.sum() - a.queue_wait.counts.sum()
+    started = b.queue_wait.counts.sum() - a.queue_wait.counts.sum()
     rejected = b.requests["rejected"] - a.requests["rejected"]
     ok = b.requests["ok"] - a.requests["ok"]
     return EndpointObservation(
-        # As the operator's PromQL: arrivals = admitted into a batch + turned away.
-        arrival_rate_per_second=(admitted + rejected) / span,
-        mean_prompt_tokens=(b.prompt_tokens - a.prompt_tokens) / admitted if admitted else None,
+        # As the operator's PromQL: arrivals = prefills started + turned away.
+        arrival_rate_per_second=(started + rejected) / span,
+        mean_prompt_tokens=(b.prompt_tokens - a.prompt_tokens) / started if started else None,
         mean_generated_tokens=(b.generated_tokens - a.generated_tokens) / ok if ok else None,
         queue_wait_p95_seconds=histogram_quantile(
             quantile, b.queue_wait.counts - a.queue_wait.counts

@@ -7,6 +7,8 @@ and chunked prefill in the capacity model.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from carpool_policy import DEFAULT_TUNING, EndpointLimits, PolicyState, PoolSpec, decide
@@ -20,7 +22,7 @@ def with_service(w, p95: float, ago: float = 60.0) -> PolicyState:
     return PolicyState(service_times={"inline": points}, last_observed_at=w.NOW - 15)
 
 
-def test_a_service_time_inflated_in_a_burst_does_not_make_the_sla_unreachable(w):
+def test_one_minute_of_long_prompts_does_not_make_the_sla_unreachable(w):
     # Over the last minutes the service time was 400 ms; this minute's p95 reads 2 s (a few long
     # prompts): one minute's tail is not the endpoint's service time.
     observation = w.observe(4, w.traffic(rate=5.0, ttft=2.1, queue=0.05, service=2.0))
@@ -142,3 +144,16 @@ def test_pods_still_starting_are_not_counted_twice_by_the_ratio_rule(w):
     seen = w.traffic(rate=40.0, ttft=1.4, queue=1.0, service=0.4)
     decision = decide(w.observe(3, seen, ready=2), w.spec(), with_service(w, 0.4), w.NOW, w.profile)
     assert decision.replicas == 3
+
+
+def test_an_endpoint_with_traffic_but_no_queue_measurement_leaves_the_step_to_the_model(w):
+    # As above, but a second SLA endpoint has traffic and no queue-wait series yet: the
+    # measurement does not cover the pool, so it cannot size the step, and the model does.
+    spec = w.spec()
+    offline = dataclasses.replace(spec.endpoints[1], ttft_p95_seconds=5.0)
+    spec = dataclasses.replace(spec, endpoints=(spec.endpoints[0], offline))
+    observation = w.observe(2, w.traffic(rate=40.0, ttft=1.4, queue=1.0, service=0.4))
+    decision = decide(observation, spec, with_service(w, 0.4), w.NOW, w.profile)
+    assert decision.replicas > 3
+    assert "model_unbounded" not in decision.rules
+    assert "predicts an unbounded queue" not in decision.reason

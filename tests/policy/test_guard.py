@@ -65,10 +65,12 @@ def test_a_queue_well_inside_its_budget_never_scales_up(w):
     assert decision.rules == ("queue_within_budget",)
 
 
-def test_a_queue_near_its_budget_lets_the_model_scale_up(w):
+def test_a_queue_near_its_budget_scales_up_before_it_breaches(w):
+    # 1000 ms of a 1100 ms queue budget: past the 85% the model plans for, not yet a breach.
     observation = w.observe(2, w.traffic(rate=40.0, ttft=1.4, queue=1.0, service=0.4))
     decision = decide(observation, w.spec(), PolicyState(), w.NOW, profile=w.profile)
     assert decision.replicas > 2
+    assert "queue_breach" not in decision.rules
 
 
 def test_a_queue_above_the_scale_down_fraction_blocks_scale_down(w):

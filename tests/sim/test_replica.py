@@ -37,12 +37,12 @@ def test_prefill_shares_a_step_with_running_decodes(log, make_replica):
     replica.submit(second, 0.5)
     replica.run_until(10.0)
     # `second` joins at the step boundary after 0.5 and its prefill step also decodes `first`.
-    admitted = log.time_of("started", second)
-    assert 0.5 <= admitted < 0.5 + 0.01 + 1e-9
-    assert log.time_of("first_token", second) == pytest.approx(admitted + 0.01 + 0.01)
+    started = log.time_of("started", second)
+    assert 0.5 <= started < 0.5 + 0.01 + 1e-9
+    assert log.time_of("first_token", second) == pytest.approx(started + 0.01 + 0.01)
 
 
-def test_higher_priority_is_admitted_first(log, make_replica):
+def test_higher_priority_starts_first(log, make_replica):
     replica = make_replica(log, slots=1)
     blocker = Request("chat", 0.0, prompt_tokens=10, output_tokens=50)
     low = Request("batch", 0.1, prompt_tokens=10, output_tokens=5)

@@ -123,3 +123,21 @@ def test_a_shared_step_splits_its_time_by_sequences(engine) -> None:
     chat = sample(engine, "carpool_engine_seconds_total", endpoint="chat")
     batch = sample(engine, "carpool_engine_seconds_total", endpoint="batch")
     assert chat == pytest.approx(3 * batch, rel=0.2)
+
+
+def test_prompts_waiting_their_turn_at_the_prefill_budget_is_queue_wait() -> None:
+    # A budget of one 4-token prompt a step: four prompts sent together start their prefills a
+    # step (at least 5 ms) apart, so their queue waits are at least 0, 5, 10 and 15 ms. Measured
+    # at admission into the batch instead, the last three would read about 5 ms each.
+    engine = Engine(StandInRunner(), limits(), prefill_token_budget=4)
+    engine.start()
+    try:
+        for _ in range(4):
+            submit(engine, "chat", 1)
+        ok = {"endpoint": "chat", "outcome": "ok"}
+        wait_for(lambda: sample(engine, "carpool_requests_total", **ok) == 4)
+        assert sample(engine, "carpool_queue_wait_seconds_count", endpoint="chat") == 4
+        assert sample(engine, "carpool_queue_wait_seconds_sum", endpoint="chat") >= 0.025
+        assert sample(engine, "carpool_prompt_tokens_total", endpoint="chat") == 4 * 4
+    finally:
+        engine.stop()

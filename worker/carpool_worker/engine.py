@@ -151,11 +151,11 @@ class Engine:
 
     def _after_schedule(self, step: Step, now: float) -> None:
         m = self.metrics
-        for req in step.admitted:
-            if not req.preemptions:  # resuming: its prompt was counted when it started
-                m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
+        # A request starts once (never again after a preemption), so its queue wait and its
+        # prompt are counted once, at the same point: the PromQL divides one by the other.
         for req in step.started:
             m.queue_wait.labels(req.endpoint).observe(now - req.arrival)
+            m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
         for req in step.preempted:
             m.preemptions.labels(req.endpoint).inc()
         for req in step.cancelled:
