@@ -7,6 +7,9 @@ gpus=..., gpu_hour_price=..., costs=...)`` updates, in the operator's registry
 - ``carpool_pool_replicas{namespace,pool,state}`` — state desired | ready | pending |
   recommended (the dashboard's replica panel; GPU-seconds are its integral);
 - ``carpool_endpoint_sla_ttft_p95_seconds{namespace,pool,endpoint}`` — the SLA line;
+- ``carpool_endpoint_queue_budget_seconds{namespace,pool,endpoint}`` — the queue budget the
+  policy judged the measured queue-wait p95 against (``Decision.queue_budget_seconds``): set
+  once known, kept while a decision cannot tell it (metrics unavailable);
 - ``carpool_endpoint_target_limit{namespace,pool,endpoint,limit}`` — the limits decided;
 - ``carpool_pool_metrics_available{namespace,pool}`` — the MetricsAvailable condition the pool
   shows (``shown``): 1 when True, 0 when False (no samples, stale, missing labels, Prometheus
@@ -50,6 +53,12 @@ REPLICAS = prometheus_client.Gauge(
 SLA = prometheus_client.Gauge(
     "carpool_endpoint_sla_ttft_p95_seconds",
     "An endpoint's p95 time-to-first-token SLA.",
+    [*POOL, "endpoint"],
+    registry=REGISTRY,
+)
+QUEUE_BUDGET = prometheus_client.Gauge(
+    "carpool_endpoint_queue_budget_seconds",
+    "The p95 queue wait an endpoint may spend: the budget the control loop scales on.",
     [*POOL, "endpoint"],
     registry=REGISTRY,
 )
@@ -140,6 +149,9 @@ def record(
     for endpoint in spec.endpoints:
         if endpoint.ttft_p95_seconds is not None:
             SLA.labels(**labels, endpoint=endpoint.name).set(endpoint.ttft_p95_seconds)
+        queue_budget = decision.queue_budget_seconds.get(endpoint.name)
+        if queue_budget is not None:
+            QUEUE_BUDGET.labels(**labels, endpoint=endpoint.name).set(queue_budget)
         limits = decision.limits.get(endpoint.name)
         if limits is not None:
             for name, value in limits.to_dict().items():

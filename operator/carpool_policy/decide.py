@@ -182,6 +182,7 @@ def decide(
         predicted_ttft_p95_seconds=predicted,
         recommended_limits=recommended_limits,
         rules=step.rules,
+        queue_budget_seconds={n: e.queue_budget for n, e in estimates.items() if e.load.has_sla},
     )
 
 

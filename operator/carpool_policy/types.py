@@ -177,6 +177,9 @@ class Decision:
     predicted_ttft_p95_seconds: Mapping[str, float | None] = field(default_factory=dict)
     recommended_limits: Mapping[str, EndpointLimits] = field(default_factory=dict)
     rules: tuple[str, ...] = ()
+    # Each SLA endpoint's queue budget (seconds) the measured queue delay was judged against;
+    # None until known (a TTFT budget alone waits for a service-time measurement).
+    queue_budget_seconds: Mapping[str, float | None] = field(default_factory=dict)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -146,3 +146,19 @@ def test_every_rule_the_policy_names_is_a_decision_reason():
 def test_the_first_rule_a_decision_names_is_its_reason(pool):
     named = Decision(**{**decision(2).__dict__, "rules": ("queue_within_budget", "stabilizing")})
     assert decision_reason(spec(pool), named, "hold") == "queue_within_budget"
+
+
+def test_the_queue_budget_gauge_is_set_once_known_and_kept_while_unknown(pool) -> None:
+    from carpool_operator.control_metrics import record
+
+    labels = {"namespace": "g", "pool": "queue", "endpoint": "inline-completion"}
+    fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
+    unknown = Decision(**{**decision(2).__dict__, "queue_budget_seconds": {}})
+    record("g", "queue", spec(pool), SEEN, unknown, False, False, shown=fresh)
+    assert _gauge("carpool_endpoint_queue_budget_seconds", **labels) is None
+    known = {"inline-completion": 0.65}
+    judged = Decision(**{**decision(2).__dict__, "queue_budget_seconds": known})
+    record("g", "queue", spec(pool), SEEN, judged, False, False, shown=fresh)
+    assert _gauge("carpool_endpoint_queue_budget_seconds", **labels) == 0.65
+    record("g", "queue", spec(pool), SEEN, unknown, False, False, shown=fresh)
+    assert _gauge("carpool_endpoint_queue_budget_seconds", **labels) == 0.65

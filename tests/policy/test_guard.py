@@ -35,6 +35,12 @@ def test_queue_budget_is_unknown_until_service_time_is_measured(w):
     assert queue_budget(w.spec().endpoints[0], None, DEFAULT_TUNING) == (None, False)
 
 
+def test_the_decision_reports_the_queue_budget_it_judged_each_sla_endpoint_by(w):
+    observation = w.observe(4, w.traffic(rate=5.0, ttft=0.5, queue=0.05, service=0.4))
+    decision = decide(observation, w.spec(), PolicyState(), w.NOW, profile=w.profile)
+    assert decision.queue_budget_seconds == {"inline": pytest.approx(1.1)}
+
+
 def test_an_explicit_queue_budget_wins_over_the_ttft_budget(w):
     inline = with_queue_budget(w.spec(), 200).endpoints[0]
     assert queue_budget(inline, 0.4, DEFAULT_TUNING) == (pytest.approx(0.2), False)
