@@ -124,7 +124,7 @@ def decide(
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
     guarded = guard(up, down, current, estimates, observation, tuning)
     needed = guarded.up
-    if up_plan is not None and not up_plan.fits:
+    if up_plan is not None and not up_plan.fits and "model_unbounded" not in sizing:
         needed = max(needed, spec.max_replicas + 1)
 
     damped = damp(guarded.up, guarded.down, current, spec, state.recommendations, now, tuning)
@@ -142,6 +142,10 @@ def decide(
     limits, predicted, chosen_plan = _limits(
         observation, spec, loads, replicas, capacity_limited, profile, tuning, held, up_plan
     )
+    if "model_unbounded" in sizing:
+        # The limits the model would set rest on the overload it predicts at the serving pods,
+        # which the measurement contradicts: the limits in force stay.
+        limits = dict(held)
     if replicas >= spec.max_replicas or capacity_limited:
         limits = _protect_breached(limits, spec, guarded.breached)
     limits = _settled(limits, held, spec)

@@ -98,8 +98,8 @@ def conditions_for(
 
 
 def _reachable(step: Step | None) -> Condition:
-    """SLAReachable: False when an endpoint's measured service time alone (own prefill and
-    first step, which no replica count shortens) exceeds its TTFT budget."""
+    """SLAReachable: False when an endpoint's measured service time alone (its own prefill,
+    which no replica count shortens) exceeds its TTFT budget."""
     if step is None:
         return Condition("SLAReachable", "Unknown", "NoMeasurements", "metrics unavailable")
     broken = [
@@ -188,10 +188,13 @@ def reason_for(
         needed = (
             f"more than {spec.max_replicas}" if step.needed > spec.max_replicas else step.needed
         )
-        parts.append(
-            f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} queue delay"
-            f" within {100 * tuning.budget_headroom:g}% of each queue budget"
-        )
+        if "model_unbounded" in step.rules:
+            parts.append(f"the measured queue delays need {needed} replicas (HPA's ratio rule)")
+        else:
+            parts.append(
+                f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} queue"
+                f" delay within {100 * tuning.budget_headroom:g}% of each queue budget"
+            )
     for finite, text in (
         (True, "model anchored at the measured queue delay"),
         (False, "model predicts an unbounded queue where a finite one was measured"),

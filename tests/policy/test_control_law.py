@@ -157,3 +157,17 @@ def test_an_endpoint_with_traffic_but_no_queue_measurement_leaves_the_step_to_th
     assert decision.replicas > 3
     assert "model_unbounded" not in decision.rules
     assert "predicts an unbounded queue" not in decision.reason
+
+
+def test_where_the_measurement_sizes_the_step_the_model_neither_cuts_limits_nor_claims_the_max(w):
+    # The case above on a pool of at most 4: the model calls 2 pods overloaded and, trusted,
+    # would cut the offline batch to make room and say the SLAs need more than 4. The queue
+    # was measured inside its budget's reach, so the limits in force stay and 3 replicas do.
+    spec = w.spec(max_replicas=4)
+    observation = w.observe(2, w.traffic(rate=40.0, ttft=1.4, queue=1.0, service=0.4))
+    decision = decide(observation, spec, with_service(w, 0.4), w.NOW, w.profile)
+    assert decision.replicas == 3
+    assert "model_unbounded" in decision.rules
+    assert decision.limits["offline"] == w.IN_FORCE["offline"]
+    assert decision.condition("CapacityLimited").status == "False"
+    assert "the measured queue delays need 3 replicas" in decision.reason
