@@ -3,8 +3,8 @@
 Contract:
 - `RunRecorder` is the `Recorder` every replica of one run reports to. Per endpoint it keeps
   each request's queue wait and TTFT (NaN until known) for the final report, and the cumulative
-  counters and histograms a worker exports (`carpool_requests_total{outcome}`,
-  `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
+  counters and histograms a worker exports (`carpool_requests_total{outcome}` for ok,
+  rejected and invalid, `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
   `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`,
   `carpool_service_time_seconds`), summed over the pool's pods, for the simulated Prometheus to
   scrape. A request's queue wait and prompt count when its prefill starts, as the worker's do.
@@ -42,7 +42,7 @@ class EndpointSeries:
     """One endpoint's cumulative worker counters and histograms, summed over pods."""
 
     requests: dict[str, float] = field(
-        default_factory=lambda: {"ok": 0.0, "rejected": 0.0, "error": 0.0}
+        default_factory=lambda: {"ok": 0.0, "rejected": 0.0, "invalid": 0.0, "error": 0.0}
     )
     prompt_tokens: float = 0.0
     generated_tokens: float = 0.0
@@ -105,7 +105,10 @@ class RunRecorder:
 
     def rejected(self, request: Request, now: float, reason: str) -> None:
         self.was_rejected[self.index[id(request)]] = True
-        self._series(request.endpoint).requests["rejected"] += 1
+        # As the worker counts them: a prompt too long for the context is the client's mistake
+        # (400, `invalid`), not load turned away (429, `rejected`), and no replica serves it.
+        outcome = "invalid" if reason == "too-long" else "rejected"
+        self._series(request.endpoint).requests[outcome] += 1
         self.resolved += 1
 
     def snapshot(self) -> dict[str, EndpointSeries]:

@@ -10,9 +10,10 @@ preemption, chunked prefill, expiry and too-long are the shared scheduler's. It 
   of k steps costed at its middle context, so the cost is per request, not per token;
   `interrupt(now)` cuts such a segment at the next step boundary when something arrives, and a
   segment never runs past the next batch-window close or queue-wait expiry;
-- every request's fate goes to the `Recorder`: admitted, first token, finished, rejected
-  (`too-long`, `queue-full` or `expired`); a request preempted by a higher priority
-  (`Step.preempted`) is admitted and gets its first token once, however often it resumes.
+- every request's fate goes to the `Recorder`: started (the step that begins its prefill),
+  first token, finished, rejected (`too-long`, `queue-full` or `expired`); a request preempted
+  by a higher priority (`Step.preempted`) starts and gets its first token once, however often
+  it resumes.
 """
 
 from __future__ import annotations

@@ -40,10 +40,10 @@ def test_a_controller_sees_only_the_last_scrape():
     assert prometheus.latest(29.9).time == 15.0
 
 
-def series(admitted: int, rejected: int, ttfts: list[float]) -> EndpointSeries:
+def series(started: int, rejected: int, ttfts: list[float]) -> EndpointSeries:
     s = EndpointSeries()
     s.requests["rejected"] = rejected
-    s.queue_wait.counts = counts_at(*([0.01] * admitted))
+    s.queue_wait.counts = counts_at(*([0.01] * started))
     s.ttft.counts = counts_at(*ttfts)
     return s
 
@@ -88,3 +88,13 @@ def test_the_recorder_splits_ttft_into_queue_wait_and_service_time():
     assert series.queue_wait.total == pytest.approx(0.5)
     assert series.service_time.total == pytest.approx(0.2)
     assert series.ttft.total == pytest.approx(0.7)
+
+
+def test_a_prompt_too_long_for_the_context_is_invalid_not_an_arrival_turned_away():
+    # As the worker counts it (400, `invalid`): the operator's arrivals (started + rejected)
+    # leave it out, since no replica count would serve it.
+    long, full = (Request("chat", 0.0, 10, 5), Request("chat", 0.0, 10, 5))
+    recorder = RunRecorder([long, full])
+    recorder.rejected(long, 0.0, "too-long")
+    recorder.rejected(full, 0.0, "queue-full")
+    assert recorder.series["chat"].requests == {"ok": 0, "rejected": 1, "invalid": 1, "error": 0}
