@@ -16,9 +16,10 @@ The stages, one module each:
 
     estimate  rates, token means, measured queue delay and service time, queue budgets (estimate)
     plan      the model, anchored at the measured queue delay: fewest replicas + limits whose
-              predicted queue delay fits (planner); where the model calls the ready replicas
-              overloaded but their queue was measured finite, the measurement sizes the step
-    guard     measured queue delay decides the direction and overrides the model (guard)
+              predicted queue delay fits (planner)
+    guard     measured queue delay decides the direction and overrides the model; where the
+              model calls the ready replicas overloaded but their queue was measured finite,
+              the measurement sizes the step (guard)
     damp      fast up, stabilized down, bounded steps (damping)
     explain   conditions and a reason naming every rule that acted (explain)
 """
@@ -33,7 +34,7 @@ from carpool_policy.capacity import EndpointLoad
 from carpool_policy.damping import damp
 from carpool_policy.estimate import Estimate, estimate
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for
-from carpool_policy.guard import guard, measured_ratio
+from carpool_policy.guard import guard, measured_ratios, ratio_step
 from carpool_policy.planner import Plan, anchor, limits_at, most_favourable_limits, plan
 from carpool_policy.state import PolicyState
 from carpool_policy.tuning import DEFAULT_TUNING, Tuning
@@ -97,7 +98,6 @@ def decide(
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
-    sizing: list[str] = []  # rules that sized the step before the guard
     if profile is not None:
         # The step up is sized by the model anchored at the measured queue delay; the step down
         # by the model as it is, whose level errs on the side of capacity (a quiet minute is
@@ -109,26 +109,20 @@ def decide(
         highest = spec.max_replicas
         up_plan = plan(loads, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
         up, down = _model_counts(up_plan, unanchored, spec, profile, tuning, current, lowest)
-        if any(math.isinf(predicted) for predicted, _ in anchors.values()) and up > current:
-            # The model says the ready replicas cannot keep up, yet their queue was measured
-            # finite: its level is off by more than anchoring corrects, and HPA's ratio rule on
-            # the measurement sizes the step up instead.
-            worst = _worst_judged_ratio(estimates, observation, tuning)
-            if worst is not None and worst > tuning.budget_headroom:  # else the guard holds
-                measured_up = max(current, _ratio_step(worst, observation, current, tuning))
-                if measured_up < up:
-                    up = measured_up
-                    sizing.append("model_unbounded")
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
-    guarded = guard(up, down, current, estimates, observation, tuning)
+    unbounded = any(math.isinf(predicted) for predicted, _ in anchors.values())
+    guarded = guard(up, down, current, estimates, observation, tuning, unbounded)
+    # Where the measurement sized the step, the model's verdicts (the pool falls short, the
+    # limits it would set for pods it calls overloaded) rest on a prediction it contradicts.
+    model_trusted = "model_unbounded" not in guarded.rules
     needed = guarded.up
-    if up_plan is not None and not up_plan.fits and "model_unbounded" not in sizing:
+    if up_plan is not None and not up_plan.fits and model_trusted:
         needed = max(needed, spec.max_replicas + 1)
 
     damped = damp(guarded.up, guarded.down, current, spec, state.recommendations, now, tuning)
-    rules = sizing + list(guarded.rules) + list(damped.rules)
+    rules = list(guarded.rules) + list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
     if capacity_limited and replicas > current:
@@ -142,9 +136,7 @@ def decide(
     limits, predicted, chosen_plan = _limits(
         observation, spec, loads, replicas, capacity_limited, profile, tuning, held, up_plan
     )
-    if "model_unbounded" in sizing:
-        # The limits the model would set rest on the overload it predicts at the serving pods,
-        # which the measurement contradicts: the limits in force stay.
+    if not model_trusted:
         limits = dict(held)
     if replicas >= spec.max_replicas or capacity_limited:
         limits = _protect_breached(limits, spec, guarded.breached)
@@ -245,8 +237,8 @@ def _model_counts(up_plan, loads, spec, profile, tuning, current, lowest) -> tup
 def _measured_counts(estimates, observation, current, lowest, tuning) -> tuple[int, int]:
     """Without a profile: HPA's ratio rule on the measured queue delay over its budget (the
     guard's `measured_ratio`), up at `budget_headroom`, down at `scale_down_headroom`."""
-    ratios = _ratios(estimates, observation)
-    if any(ratio is None for ratio in ratios.values()):
+    ratios = measured_ratios(estimates, observation)
+    if ratios is None:
         return current, current  # traffic but no latency yet: hold
     if not ratios:
         idle = all(
@@ -255,40 +247,9 @@ def _measured_counts(estimates, observation, current, lowest, tuning) -> tuple[i
         )
         return (lowest, lowest) if idle else (current, current)
     worst = max(ratios.values())
-    up = _ratio_step(worst, observation, current, tuning) if worst > tuning.budget_headroom else 0
+    up = ratio_step(worst, observation, current, tuning) if worst > tuning.budget_headroom else 0
     down = max(lowest, math.ceil(max(current, 1) * worst / tuning.scale_down_headroom))
     return max(up, lowest), down
-
-
-def _ratios(estimates, observation) -> dict[str, float | None]:
-    """The measured ratio of every SLA endpoint with traffic (None where not measured)."""
-    return {
-        name: measured_ratio(e, observation.endpoints.get(name) or _EMPTY)
-        for name, e in estimates.items()
-        if e.load.has_sla and e.observed_rate > 0
-    }
-
-
-def _worst_judged_ratio(estimates, observation, tuning: Tuning) -> float | None:
-    """The worst measured ratio, or None unless every SLA endpoint with traffic was measured
-    and one of them had the traffic for a p95 that says something (`min_feedback_rate`)."""
-    ratios = _ratios(estimates, observation)
-    if any(ratio is None for ratio in ratios.values()):
-        return None
-    judged = [
-        ratio
-        for name, ratio in ratios.items()
-        if estimates[name].observed_rate >= tuning.min_feedback_rate
-    ]
-    return max(judged, default=None)
-
-
-def _ratio_step(worst: float, observation, current: int, tuning: Tuning) -> int:
-    """HPA's rule: the pods that measured `worst` grown until it would be `budget_headroom`.
-    The ratio was measured on the ready pods, so pods still starting are not counted twice."""
-    ready = observation.ready_replicas
-    serving = ready if 0 < ready < current else max(current, 1)
-    return math.ceil(serving * worst / tuning.budget_headroom)
 
 
 def held_limits(observation: Observation, spec: PoolSpec) -> dict[str, EndpointLimits]:

@@ -1,12 +1,17 @@
 """Stage 3, guard: measured queue delay overrides the model.
 
-Contract (pure): `guard(up, down, current, estimates, observation, tuning)` takes the model's
-scale-up count `up` and scale-down count `down` and returns a `Guarded` with both adjusted and
-the names of the rules that changed them (from `carpool_policy.explain.RULES`):
+Contract (pure): `guard(up, down, current, estimates, observation, tuning, model_unbounded)`
+takes the model's scale-up count `up` and scale-down count `down` and returns a `Guarded` with
+both adjusted and the names of the rules that changed them (from `carpool_policy.explain.RULES`):
 
 The measured queue delay (`Estimate.queue_delay_p95`) against the queue budget decides the
-direction; the model only sizes the step:
+direction; the model only sizes the step, except where it cannot:
 
+- `model_unbounded`: the model predicts an ever-growing queue at the ready pods where a finite
+  one was measured (`model_unbounded`, from `planner.anchor`), and an SLA endpoint is measured
+  past `budget_headroom`: HPA's ratio rule on the measurement (`ratio_step`) sizes the step up
+  where it asks for less than the model. Only where every SLA endpoint with traffic was
+  measured; a p95 of too little traffic (`min_feedback_rate`) does not size it.
 - `queue_breach`: an SLA endpoint's measured queue delay is over its queue budget (with every pod
   ready and enough traffic to trust the p95): at least one replica more, as many as the model
   asks, else the current count grown in proportion to the overshoot (at most double).
@@ -49,8 +54,17 @@ def guard(
     estimates: Mapping[str, Estimate],
     observation: Observation,
     tuning: Tuning,
+    model_unbounded: bool = False,
 ) -> Guarded:
     rules: list[str] = []
+    if model_unbounded and up > current:
+        ratios = measured_ratios(estimates, observation)
+        if ratios is not None:
+            worst = max((_ratio(estimates[n], observation, tuning) for n in ratios), default=0.0)
+            measured_up = max(current, ratio_step(worst, observation, current, tuning))
+            if worst > tuning.budget_headroom and measured_up < up:
+                up = measured_up
+                rules.append("model_unbounded")
     settled = observation.ready_replicas >= current  # pods starting: not a measured miss
     breached = tuple(
         name for name, e in estimates.items() if settled and _ratio(e, observation, tuning) > 1.0
@@ -84,6 +98,28 @@ def measured_ratio(estimate: Estimate, observed: EndpointObservation) -> float |
         return estimate.queue_delay_p95 / estimate.queue_budget
     ttft, budget = observed.ttft_p95_seconds, estimate.load.budget_seconds
     return None if ttft is None or budget is None else ttft / budget
+
+
+def measured_ratios(
+    estimates: Mapping[str, Estimate], observation: Observation
+) -> dict[str, float] | None:
+    """The measured ratio of every SLA endpoint with traffic; None if one was not measured."""
+    ratios = {}
+    for name, e in estimates.items():
+        if e.load.has_sla and e.observed_rate > 0:
+            ratio = measured_ratio(e, observation.endpoints.get(name) or EndpointObservation())
+            if ratio is None:
+                return None
+            ratios[name] = ratio
+    return ratios
+
+
+def ratio_step(worst: float, observation: Observation, current: int, tuning: Tuning) -> int:
+    """HPA's rule: the pods that measured `worst` grown until it would be `budget_headroom`.
+    The ratio was measured on the ready pods, so pods still starting are not counted twice."""
+    ready = observation.ready_replicas
+    serving = ready if 0 < ready < current else max(current, 1)
+    return math.ceil(serving * worst / tuning.budget_headroom)
 
 
 def _ratio(estimate: Estimate, observation: Observation, tuning: Tuning) -> float:
