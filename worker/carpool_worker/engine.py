@@ -229,8 +229,7 @@ class Engine:
             last = last_token_at.get(req.id)
             if last is None:
                 per[0].append(now - req.arrival)
-                started = req.arrival if req.prefill_started_at is None else req.prefill_started_at
-                per[1].append(now - started)
+                per[1].append(now - req.prefill_started_at)  # a first token ends a prefill
             else:
                 per[2].append(now - last)
             last_token_at[req.id] = now
