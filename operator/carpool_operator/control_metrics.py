@@ -6,7 +6,9 @@ gpus=..., gpu_hour_price=..., costs=...)`` updates, in the operator's registry
 
 - ``carpool_pool_replicas{namespace,pool,state}`` — state desired | ready | pending |
   recommended (the dashboard's replica panel; GPU-seconds are its integral);
-- ``carpool_endpoint_sla_ttft_p95_seconds{namespace,pool,endpoint}`` — the SLA line;
+- ``carpool_endpoint_sla_ttft_p95_seconds{namespace,pool,endpoint}`` and
+  ``carpool_endpoint_sla_queue_wait_p95_seconds{namespace,pool,endpoint}`` — the SLA lines
+  (``sla.ttftP95Milliseconds``, ``sla.queueWaitP95Milliseconds``), absent where not set;
 - ``carpool_endpoint_queue_budget_seconds{namespace,pool,endpoint}`` — the queue budget the
   policy judged the measured queue-wait p95 against (``Decision.queue_budget_seconds``): set
   once known, kept while a decision cannot tell it (metrics unavailable);
@@ -53,6 +55,12 @@ REPLICAS = prometheus_client.Gauge(
 SLA = prometheus_client.Gauge(
     "carpool_endpoint_sla_ttft_p95_seconds",
     "An endpoint's p95 time-to-first-token SLA.",
+    [*POOL, "endpoint"],
+    registry=REGISTRY,
+)
+QUEUE_SLA = prometheus_client.Gauge(
+    "carpool_endpoint_sla_queue_wait_p95_seconds",
+    "An endpoint's p95 queue-wait SLA (sla.queueWaitP95Milliseconds).",
     [*POOL, "endpoint"],
     registry=REGISTRY,
 )
@@ -147,8 +155,15 @@ def record(
     ):
         REPLICAS.labels(**labels, state=state).set(value)
     for endpoint in spec.endpoints:
-        if endpoint.ttft_p95_seconds is not None:
-            SLA.labels(**labels, endpoint=endpoint.name).set(endpoint.ttft_p95_seconds)
+        # An SLA taken out of the spec takes its line out too: the burn-rate alerts read it.
+        for gauge, line in (
+            (SLA, endpoint.ttft_p95_seconds),
+            (QUEUE_SLA, endpoint.queue_wait_p95_seconds),
+        ):
+            if line is None:
+                _remove(gauge, labels["namespace"], labels["pool"], endpoint.name)
+            else:
+                gauge.labels(**labels, endpoint=endpoint.name).set(line)
         queue_budget = decision.queue_budget_seconds.get(endpoint.name)
         if queue_budget is not None:
             QUEUE_BUDGET.labels(**labels, endpoint=endpoint.name).set(queue_budget)

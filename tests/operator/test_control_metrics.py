@@ -122,6 +122,27 @@ def test_the_profile_gauge_follows_profile_loaded_and_goes_without_a_profile(poo
     assert _gauge("carpool_pool_profile_loaded", **labels) is None
 
 
+def test_each_sla_line_is_exported_while_the_spec_sets_it(pool) -> None:
+    from carpool_operator.control_metrics import record
+
+    labels = {"namespace": "g", "pool": "lines", "endpoint": "inline-completion"}
+    fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
+    pool["spec"]["endpoints"][0]["sla"] = {
+        "ttftP95Milliseconds": 300,
+        "queueWaitP95Milliseconds": 80,
+    }
+    record("g", "lines", spec(pool), SEEN, decision(2), False, False, shown=fresh)
+    assert _gauge("carpool_endpoint_sla_ttft_p95_seconds", **labels) == 0.3
+    assert _gauge("carpool_endpoint_sla_queue_wait_p95_seconds", **labels) == 0.08
+    # The burn-rate alerts compare against these lines: one taken out of the spec goes.
+    pool["spec"]["endpoints"][0]["sla"] = {"queueWaitP95Milliseconds": 80}
+    record("g", "lines", spec(pool), SEEN, decision(2), False, False, shown=fresh)
+    assert _gauge("carpool_endpoint_sla_ttft_p95_seconds", **labels) is None
+    assert _gauge("carpool_endpoint_sla_queue_wait_p95_seconds", **labels) == 0.08
+    offline = {**labels, "endpoint": "nightly-labeling"}
+    assert _gauge("carpool_endpoint_sla_queue_wait_p95_seconds", **offline) is None
+
+
 def test_the_ledger_exports_cost_per_endpoint_and_drops_it_when_unknown(pool) -> None:
     from carpool_operator.control_metrics import record
 

@@ -4,28 +4,38 @@ real Prometheus. docs/observability.md explains each alert. */}}
 {{- define "carpool.alertGroups" -}}
 {{- $rules := .Values.prometheus.rules -}}
 {{- $budget := subf 1.0 $rules.sla.objective -}}
+{{- /* One SLO per kind of SLA: the request share over the line is read from the histogram the
+line is a p95 of, so both kinds share the objective and the burn rates. */}}
+{{- $slas := list
+  (dict "alert" "CarpoolEndpointSLABurnRate" "histogram" "carpool_time_to_first_token_seconds"
+    "line" "carpool_endpoint_sla_ttft_p95_seconds" "budget" "TTFT"
+    "waited" "waited longer for their first token than the SLA allows")
+  (dict "alert" "CarpoolEndpointQueueSLABurnRate" "histogram" "carpool_queue_wait_seconds"
+    "line" "carpool_endpoint_sla_queue_wait_p95_seconds" "budget" "queue-wait"
+    "waited" "waited in the queue, before their prefill began, longer than the SLA allows") }}
 - name: carpool.sla
   rules:
+  {{- range $kind := $slas }}
   {{- range $rules.sla.burnRates }}
   {{- $bad := mulf $budget .burnRate }}
   {{- if ge $bad 1.0 }}
   {{- fail (printf "prometheus.rules.sla.burnRates %s: burnRate %v spends more than the whole error budget (it must be below 1 / (1 - objective))" .name .burnRate) }}
   {{- end }}
   {{- $q := printf "%.4g" (subf 1.0 $bad) }}
-  {{- $ttft := printf "histogram_quantile(%s, sum by (namespace, pool, endpoint, le) (rate(carpool_time_to_first_token_seconds_bucket[%%s])))" $q }}
-  {{- $sla := "max by (namespace, pool, endpoint) (carpool_endpoint_sla_ttft_p95_seconds)" }}
-    - alert: CarpoolEndpointSLABurnRate{{ .name }}
-      # Fires when more than {{ printf "%.4g" (mulf $bad 100.0) }}% of the requests missed the TTFT target in both
+  {{- $quantile := printf "histogram_quantile(%s, sum by (namespace, pool, endpoint, le) (rate(%s_bucket[%%s])))" $q $kind.histogram }}
+  {{- $sla := printf "max by (namespace, pool, endpoint) (%s)" $kind.line }}
+    - alert: {{ $kind.alert }}{{ .name }}
+      # Fires when more than {{ printf "%.4g" (mulf $bad 100.0) }}% of the requests missed the {{ $kind.budget }} target in both
       # windows: the {{ printf "%.4g" (mulf $budget 100.0) }}% error budget spent {{ .burnRate }}x too fast. The share of
-      # requests slower than the SLA exceeds x exactly when the (1 - x) quantile of TTFT does.
+      # requests slower than the SLA exceeds x exactly when the (1 - x) quantile does.
       expr: |
         (
-          {{ printf $ttft .longWindow }}
+          {{ printf $quantile .longWindow }}
           > {{ $sla }}
         )
         and on (namespace, pool, endpoint)
         (
-          {{ printf $ttft .shortWindow }}
+          {{ printf $quantile .shortWindow }}
           > {{ $sla }}
         )
       for: {{ .for }}
@@ -35,16 +45,17 @@ real Prometheus. docs/observability.md explains each alert. */}}
         {{- toYaml . | nindent 8 }}
         {{- end }}
       annotations:
-        summary: Endpoint {{`{{ $labels.endpoint }}`}} of pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}} is burning its TTFT error budget {{ .burnRate }}x too fast.
+        summary: Endpoint {{`{{ $labels.endpoint }}`}} of pool {{`{{ $labels.namespace }}/{{ $labels.pool }}`}} is burning its {{ $kind.budget }} error budget {{ .burnRate }}x too fast.
         description: >-
           Over the last {{ .longWindow }} and the last {{ .shortWindow }}, more than {{ printf "%.4g" (mulf $bad 100.0) }}% of the requests
-          to endpoint {{`{{ $labels.endpoint }}`}} waited longer for their first token than the SLA allows
+          to endpoint {{`{{ $labels.endpoint }}`}} {{ $kind.waited }}
           (the {{ printf "%.4g" (mulf (subf 1.0 $bad) 100.0) }}th percentile is {{`{{ $value | humanizeDuration }}`}}). At this rate the
           {{ printf "%.4g" (mulf $budget 100.0) }}% error budget is spent {{ .burnRate }} times too fast. Check the pool's
           CapacityLimited and MetricsAvailable conditions and its scaling Events.
-        {{- with include "carpool.runbook" (list $ (printf "CarpoolEndpointSLABurnRate%s" .name)) }}
+        {{- with include "carpool.runbook" (list $ (printf "%s%s" $kind.alert .name)) }}
         runbook_url: {{ . }}
         {{- end }}
+  {{- end }}
   {{- end }}
 - name: carpool.pool
   rules:
