@@ -256,7 +256,7 @@ DECISION_REASONS = (
     "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
     "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
     "stabilizing",  # scale-down held by the stabilization window
-    "scale_down_step",  # scale-down bounded per decision
+    "scale_down_step",  # scale-down bounded per step and paced one step a minute
     "sla_missed",  # a measured p95 TTFT over its budget
     "sla_at_risk",  # a scale-up the model asks for while the SLA holds
     "load_fell",  # scale-down

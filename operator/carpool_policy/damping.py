@@ -1,13 +1,14 @@
 """Damping: turn the model's recommendation into a replica change that does not flap.
 
-Contract: `damp(up, down, current, spec, history, now, tuning)`:
+Contract: `damp(up, down, current, spec, history, now, tuning, last_scale_down_at)`:
 - `up` is the count the targets need, `down` the count a tighter target would need
   (`down >= up`); the recommendation is `up` when it exceeds `current`, `down` when it is below
   `current`, and `current` in between (the hysteresis band).
 - Scale-up is immediate, at most `spec.scaling.max_scale_up_step` replicas per decision.
 - Scale-down takes the highest recommendation of the last stabilization window (as the
   Kubernetes HPA does), waits until the remembered history spans the whole window, and removes
-  at most `max_scale_down_fraction` of the replicas (at least one) per decision.
+  at most `max_scale_down_fraction` of the replicas (at least one) per decision, at most one
+  decision per `scale_down_period_seconds` (counted from `last_scale_down_at`).
 - The returned history holds the recommendations of the window plus the newest older one (which
   shows the history spans the window); entries from the future are dropped.
 The result is not yet clamped to [min, max]; the caller does that last.
@@ -39,6 +40,7 @@ def damp(
     history: tuple[tuple[float, int], ...],
     now: float,
     tuning: Tuning,
+    last_scale_down_at: float | None = None,
 ) -> Damped:
     if up > current:
         recommendation = up
@@ -71,6 +73,13 @@ def damp(
     if stabilized >= current:
         note = f"stabilizing: {stabilized} recommended within the last {window} s"
         return Damped(current, recommendation, kept, note, ("stabilizing",))
+    since = None if last_scale_down_at is None else now - last_scale_down_at
+    if since is not None and 0 <= since < tuning.scale_down_period_seconds:
+        note = (
+            f"scale-down to {recommendation} paced: one step per "
+            f"{tuning.scale_down_period_seconds:.0f} s (the last {since:.0f} s ago)"
+        )
+        return Damped(current, recommendation, kept, note, ("scale_down_step",))
     largest_step = max(1, math.floor(current * tuning.max_scale_down_fraction))
     replicas = max(stabilized, current - largest_step)
     if replicas <= recommendation:

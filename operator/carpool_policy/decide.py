@@ -121,7 +121,16 @@ def decide(
     if up_plan is not None and not up_plan.fits and model_trusted:
         needed = max(needed, spec.max_replicas + 1)
 
-    damped = damp(guarded.up, guarded.down, current, spec, state.recommendations, now, tuning)
+    damped = damp(
+        guarded.up,
+        guarded.down,
+        current,
+        spec,
+        state.recommendations,
+        now,
+        tuning,
+        state.last_scale_down_at,
+    )
     rules = list(guarded.rules) + list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0

@@ -40,7 +40,7 @@ RULES = (
     "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
     "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
     "stabilizing",  # scale-down held by the stabilization window
-    "scale_down_step",  # scale-down bounded to a quarter of the replicas per decision
+    "scale_down_step",  # scale-down: a quarter of the replicas per step, a step a minute
     "capacity_limited",  # pods Pending for lack of GPUs: no more added
     "max_replicas",  # the model or the guard asks for more than replicas.max
     "not_auto",  # Recommend or Manual mode: nothing applied

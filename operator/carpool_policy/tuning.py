@@ -43,8 +43,12 @@ class Tuning:
     unreachable_queue_share: float = 0.15
     # Below this arrival rate (req/s) an endpoint's measured p95s are too noisy for feedback.
     min_feedback_rate: float = 0.2
-    # At most this fraction of the replicas (and at least one) go in one scale-down.
+    # At most this fraction of the replicas (and at least one) go in one scale-down, and at most
+    # one scale-down per period (HPA's scale-down policy, `periodSeconds`). A pod takes about a
+    # minute to come back, so a pool shrinks no faster than it can regrow: a quiet spell costs
+    # it a step a minute, not its whole size before the traffic returns.
     max_scale_down_fraction: float = 0.25
+    scale_down_period_seconds: float = 60.0
     # Token lengths assumed for an endpoint that has never been measured.
     default_prompt_tokens: float = 512.0
     default_generated_tokens: float = 128.0

@@ -85,6 +85,22 @@ def test_scale_down_after_the_window_is_bounded_per_decision(w):
     assert decision.replicas == 12 - 3  # a quarter of 12
 
 
+def test_scale_down_steps_at_most_once_a_minute(w):
+    # A quiet spell must not take the pool from 12 to 1 in the minute before traffic returns:
+    # it shrinks no faster than its pods could come back.
+    observation = w.observe(replicas=12, inline=w.traffic(rate=1.0))
+    history = steady_history(1, w.NOW)
+    just_stepped = PolicyState(**{**history.__dict__, "last_scale_down_at": w.NOW - 15})
+    paced = decide(observation, w.spec(), just_stepped, w.NOW, profile=w.profile)
+    assert paced.replicas == 12
+    assert "paced: one step per 60 s" in paced.reason
+    assert "scale_down_step" in paced.rules
+    a_minute_on = PolicyState(**{**history.__dict__, "last_scale_down_at": w.NOW - 60})
+    stepped = decide(observation, w.spec(), a_minute_on, w.NOW, profile=w.profile)
+    assert stepped.replicas == 12 - 3
+    assert stepped.state.last_scale_down_at == w.NOW
+
+
 def test_load_inside_the_hysteresis_band_holds(w):
     planned = decide(
         w.observe(1, w.traffic(20.0)), w.spec(), PolicyState(), w.NOW, profile=w.profile
