@@ -49,77 +49,63 @@ from carpool_policy import Decision, Observation, PoolSpec
 
 POOL = ["namespace", "pool"]
 
-REPLICAS = prometheus_client.Gauge(
-    "carpool_pool_replicas", "Worker pods of a pool by state.", [*POOL, "state"], registry=REGISTRY
-)
-SLA = prometheus_client.Gauge(
+
+def _gauge(name: str, documentation: str, *labels: str) -> prometheus_client.Gauge:
+    """A gauge in the operator's registry, labelled by pool and then `labels`."""
+    return prometheus_client.Gauge(name, documentation, [*POOL, *labels], registry=REGISTRY)
+
+
+REPLICAS = _gauge("carpool_pool_replicas", "Worker pods of a pool by state.", "state")
+SLA = _gauge(
     "carpool_endpoint_sla_ttft_p95_seconds",
     "An endpoint's p95 time-to-first-token SLA.",
-    [*POOL, "endpoint"],
-    registry=REGISTRY,
+    "endpoint",
 )
-QUEUE_SLA = prometheus_client.Gauge(
+QUEUE_SLA = _gauge(
     "carpool_endpoint_sla_queue_wait_p95_seconds",
     "An endpoint's p95 queue-wait SLA (sla.queueWaitP95Milliseconds).",
-    [*POOL, "endpoint"],
-    registry=REGISTRY,
+    "endpoint",
 )
-QUEUE_BUDGET = prometheus_client.Gauge(
+QUEUE_BUDGET = _gauge(
     "carpool_endpoint_queue_budget_seconds",
     "The p95 queue wait an endpoint may spend: the budget the control loop scales on.",
-    [*POOL, "endpoint"],
-    registry=REGISTRY,
+    "endpoint",
 )
-TARGET_LIMIT = prometheus_client.Gauge(
+TARGET_LIMIT = _gauge(
     "carpool_endpoint_target_limit",
     "The batch limits the control loop decided.",
-    [*POOL, "endpoint", "limit"],
-    registry=REGISTRY,
+    "endpoint",
+    "limit",
 )
-METRICS_AVAILABLE = prometheus_client.Gauge(
+METRICS_AVAILABLE = _gauge(
     "carpool_pool_metrics_available",
     "1 while the pool's MetricsAvailable condition is True (fresh worker metrics).",
-    POOL,
-    registry=REGISTRY,
 )
-METRICS_UNAVAILABLE_REASON = prometheus_client.Gauge(
+METRICS_UNAVAILABLE_REASON = _gauge(
     "carpool_pool_metrics_unavailable_reason",
     "1 for the reason of a MetricsAvailable=False condition.",
-    [*POOL, "reason"],
-    registry=REGISTRY,
+    "reason",
 )
-PROFILE_LOADED = prometheus_client.Gauge(
+PROFILE_LOADED = _gauge(
     "carpool_pool_profile_loaded",
     "1 while the pool's profile ConfigMap holds a valid profile, 0 while it does not.",
-    POOL,
-    registry=REGISTRY,
 )
-GPUS = prometheus_client.Gauge(
-    "carpool_pool_gpus", "GPUs held by the pool's worker pods.", POOL, registry=REGISTRY
-)
-GPU_HOUR_PRICE = prometheus_client.Gauge(
+GPUS = _gauge("carpool_pool_gpus", "GPUs held by the pool's worker pods.")
+GPU_HOUR_PRICE = _gauge(
     "carpool_pool_gpu_hour_price",
     "The price of one GPU for an hour (spec.cost.gpuHourPrice or --gpu-hour-price).",
-    POOL,
-    registry=REGISTRY,
 )
-COST = prometheus_client.Gauge(
+COST = _gauge(
     "carpool_endpoint_cost_per_million_tokens",
     "What a million of the endpoint's tokens (prompt + generated) cost in GPU time.",
-    [*POOL, "endpoint"],
-    registry=REGISTRY,
+    "endpoint",
 )
-CAPACITY_LIMITED = prometheus_client.Gauge(
-    "carpool_pool_capacity_limited",
-    "1 when worker pods are Pending for lack of GPUs.",
-    POOL,
-    registry=REGISTRY,
+CAPACITY_LIMITED = _gauge(
+    "carpool_pool_capacity_limited", "1 when worker pods are Pending for lack of GPUs."
 )
-SLA_REACHABLE = prometheus_client.Gauge(
+SLA_REACHABLE = _gauge(
     "carpool_pool_sla_reachable",
     "0 while an endpoint's measured service time alone exceeds its TTFT budget (SLAReachable).",
-    POOL,
-    registry=REGISTRY,
 )
 DECISIONS = prometheus_client.Counter(
     "carpool_control_decisions_total",
