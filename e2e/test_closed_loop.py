@@ -27,12 +27,16 @@ from kubernetes import client
 from carpool_bench import loop as bench_loop
 from carpool_cluster import load, processes, prometheus, scenario, testing
 from carpool_cluster.testing import wait_for
+from carpool_policy.tuning import DEFAULT_TUNING
 from carpool_replica.profile import Profile
 
 from .operator_support import delete_pools
 
 INTERVAL = 5  # spec.scaling.intervalSeconds
 STABILIZATION = 20  # spec.scaling.scaleDownStabilizationSeconds
+# The loop pool's 3 replicas come back to 1 in two scale-down steps, the second a pace period
+# after the first (the policy takes one step a minute), once the window has passed.
+BACK_TO_ONE_SECONDS = STABILIZATION + 2 * DEFAULT_TUNING.scale_down_period_seconds + 30
 RATE_WINDOW = 20  # the operator's PromQL rate window (scenario.start_operator's default)
 SLA_SECONDS = 0.5
 PROMPT_TOKENS, MAX_TOKENS = 1000, 12  # prefill-heavy, like the code-completion trace
@@ -334,7 +338,7 @@ def test_load_gone_scales_down_only_after_stabilization_without_flapping(
         history.append((time.monotonic() - quiet_since, loop.snapshot(pool)["desired"]))
         return history[-1][1] == 1
 
-    wait_for("the pool back at one replica", back_at_minimum, STABILIZATION + 90, 1.0)
+    wait_for("the pool back at one replica", back_at_minimum, BACK_TO_ONE_SECONDS, 1.0)
     steps = list(zip(history, history[1:], strict=False))
     assert all(after <= before for (_, before), (_, after) in steps), (
         f"replicas rose again while the load was gone: {history}"
@@ -451,7 +455,7 @@ def test_operator_killed_mid_scale_converges_with_no_duplicates(
     wait_for(
         "the pool back at one replica under the new operator",
         lambda: loop.snapshot(pool)["desired"] == 1,
-        STABILIZATION + 90,
+        BACK_TO_ONE_SECONDS,
         1.0,
     )
 
