@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
@@ -327,9 +328,20 @@ def test_admin_token_is_never_rotated_by_reconcile(api, ns, operator, kube):
     assert kube.get("Secret", ns, "token-admin")["data"]["token"] == token
 
 
-def test_deleted_pool_takes_every_owned_object_with_it(api, ns, operator, kube):
+def _pool_series(operator: OperatorProcess, ns: str, name: str) -> list[str]:
+    """The operator's /metrics samples labelled with one pool."""
+    return [
+        sample.name
+        for family in text_string_to_metric_families(operator.metrics_text())
+        for sample in family.samples
+        if (sample.labels.get("namespace"), sample.labels.get("pool")) == (ns, name)
+    ]
+
+
+def test_deleted_pool_takes_every_owned_object_and_series_with_it(api, ns, operator, kube):
     _create_pool(api, ns, "doomed")
     _reconciled(kube, ns, "doomed")
+    wait_for("the control loop's series of the pool", lambda: _pool_series(operator, ns, "doomed"))
     client.CustomObjectsApi(api).delete_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, "doomed"
     )
@@ -337,6 +349,12 @@ def test_deleted_pool_takes_every_owned_object_with_it(api, ns, operator, kube):
         "garbage collection of the pool's objects",
         lambda: all(obj is None for obj in _owned(kube, ns, "doomed").values()),
         timeout_seconds=90,
+    )
+    # A series left behind would keep its last value, and an alert on it firing, for ever.
+    wait_for(
+        "the pool's series gone from the operator's metrics",
+        lambda: not _pool_series(operator, ns, "doomed"),
+        timeout_seconds=60,
     )
 
 

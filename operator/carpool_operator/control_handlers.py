@@ -4,7 +4,9 @@ Contract: ``register(registry, config)`` adds a daemon that, while a pool exists
 operator replica is the active peer, runs ``control.control_step`` off the event loop every
 ``spec.scaling.intervalSeconds`` (re-read each round, so a spec change takes effect at the next
 step). A failing step is logged, counted in ``carpool_control_errors_total`` and retried at
-the next interval: it never stops the loop. All pools share one ``MetricsCache``, so their
+the next interval: it never stops the loop. When the daemon ends (the pool deleted, or this
+replica no longer the active peer) the pool's series leave its metrics
+(``control_metrics.forget``). All pools share one ``MetricsCache``, so their
 PromQL is one batch per Prometheus per round. ``CARPOOL_RATE_WINDOW`` (default ``1m``) is the
 PromQL rate window. The operator's Prometheus access (credentials, CA, headers) comes from
 ``config``; turning TLS verification off is logged as a warning once.
@@ -47,17 +49,21 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         logger: Any,
         **_: Any,
     ) -> None:
-        while not stopped:
-            interval = DEFAULT_INTERVAL_SECONDS
-            try:
-                pool = await asyncio.to_thread(memo.kube.get, "InferencePool", namespace, name)
-                if pool is None:
-                    return
-                interval = float(PoolSpec.from_crd(pool.get("spec") or {}).scaling.interval_seconds)
-                await asyncio.to_thread(
-                    control.control_step, memo.kube, pool, cache, access, config.gpu_hour_price
-                )
-            except Exception as error:  # one bad round must not end the pool's control loop
-                control_metrics.count_error(namespace, name)
-                logger.warning(f"control step failed, retrying in {interval:.0f}s: {error!r}")
-            await stopped.wait(interval)
+        try:
+            while not stopped:
+                interval = DEFAULT_INTERVAL_SECONDS
+                try:
+                    pool = await asyncio.to_thread(memo.kube.get, "InferencePool", namespace, name)
+                    if pool is None:
+                        return
+                    spec = PoolSpec.from_crd(pool.get("spec") or {})
+                    interval = float(spec.scaling.interval_seconds)
+                    await asyncio.to_thread(
+                        control.control_step, memo.kube, pool, cache, access, config.gpu_hour_price
+                    )
+                except Exception as error:  # one bad round must not end the pool's control loop
+                    control_metrics.count_error(namespace, name)
+                    logger.warning(f"control step failed, retrying in {interval:.0f}s: {error!r}")
+                await stopped.wait(interval)
+        finally:
+            control_metrics.forget(namespace, name)

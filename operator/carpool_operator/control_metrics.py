@@ -33,6 +33,8 @@ gpus=..., gpu_hour_price=..., costs=...)`` updates, in the operator's registry
   (``DECISION_REASONS``), so the label cannot grow without bound;
 - ``carpool_control_errors_total{namespace,pool}`` via ``count_error``.
 
+``forget(namespace, pool)`` drops all of a pool's series when its control loop ends here.
+
 The labels name the pool, not the operator pod: scrape the operator with ``honor_labels``.
 """
 
@@ -50,9 +52,15 @@ from carpool_policy import Decision, Observation, PoolSpec
 POOL = ["namespace", "pool"]
 
 
+# Every series labelled by pool, for `forget` to drop a pool's.
+_PER_POOL: list[prometheus_client.Gauge | prometheus_client.Counter] = []
+
+
 def _gauge(name: str, documentation: str, *labels: str) -> prometheus_client.Gauge:
     """A gauge in the operator's registry, labelled by pool and then `labels`."""
-    return prometheus_client.Gauge(name, documentation, [*POOL, *labels], registry=REGISTRY)
+    gauge = prometheus_client.Gauge(name, documentation, [*POOL, *labels], registry=REGISTRY)
+    _PER_POOL.append(gauge)
+    return gauge
 
 
 REPLICAS = _gauge("carpool_pool_replicas", "Worker pods of a pool by state.", "state")
@@ -116,6 +124,15 @@ DECISIONS = prometheus_client.Counter(
 ERRORS = prometheus_client.Counter(
     "carpool_control_errors_total", "Control-loop steps that failed.", POOL, registry=REGISTRY
 )
+_PER_POOL += [DECISIONS, ERRORS]
+
+
+def forget(namespace: str, pool: str) -> None:
+    """Drop every series of one pool. Its control loop has ended here: the pool was deleted, or
+    another operator replica controls it now. A series left behind would keep its last value
+    (a capacity-limited or metrics-unavailable pool would keep its alert firing)."""
+    for metric in _PER_POOL:
+        metric.remove_by_labels({"namespace": namespace, "pool": pool})
 
 
 def record(

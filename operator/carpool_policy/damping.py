@@ -7,8 +7,8 @@ Contract: `damp(up, down, current, spec, history, now, tuning, last_scale_down_a
 - Scale-up is immediate, at most `spec.scaling.max_scale_up_step` replicas per decision.
 - Scale-down takes the highest recommendation of the last stabilization window (as the
   Kubernetes HPA does), waits until the remembered history spans the whole window, and removes
-  at most `max_scale_down_fraction` of the replicas (at least one) per decision, at most one
-  decision per `scale_down_period_seconds` (counted from `last_scale_down_at`).
+  at most `max_scale_down_fraction` of the replicas (at least one) per decision, and scales
+  down at most once per `scale_down_period_seconds` (counted from `last_scale_down_at`).
 - The returned history holds the recommendations of the window plus the newest older one (which
   shows the history spans the window); entries from the future are dropped.
 The result is not yet clamped to [min, max]; the caller does that last.

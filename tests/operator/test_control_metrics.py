@@ -143,6 +143,28 @@ def test_each_sla_line_is_exported_while_the_spec_sets_it(pool) -> None:
     assert _gauge("carpool_endpoint_sla_queue_wait_p95_seconds", **offline) is None
 
 
+def test_forget_drops_every_series_of_one_pool_and_only_its(pool) -> None:
+    from carpool_operator.control_metrics import count_error, forget, record
+    from carpool_operator.metrics import REGISTRY
+
+    limited = Observation(**{**SEEN.__dict__, "pending_unschedulable_replicas": 1})
+    fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
+    for name in ("gone", "kept"):
+        record("g", name, spec(pool), limited, decision(2), True, False, shown=fresh)
+        count_error("g", name)
+    assert _gauge("carpool_pool_capacity_limited", namespace="g", pool="gone") == 1
+    forget("g", "gone")
+    left = {
+        (sample.name, sample.labels.get("pool"))
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.labels.get("namespace") == "g"
+    }
+    assert not [s for s in left if s[1] == "gone"]
+    assert ("carpool_pool_capacity_limited", "kept") in left
+    assert ("carpool_control_errors_total", "kept") in left
+
+
 def test_the_ledger_exports_cost_per_endpoint_and_drops_it_when_unknown(pool) -> None:
     from carpool_operator.control_metrics import record
 
