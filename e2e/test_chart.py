@@ -63,7 +63,8 @@ def example_pool() -> dict:
                     "name": ENDPOINTS[0],
                     "priority": 100,
                     "default": True,
-                    "sla": {"ttftP95Milliseconds": 2000},
+                    # Both kinds of SLA, so that both kinds of burn-rate alert have series.
+                    "sla": {"ttftP95Milliseconds": 2000, "queueWaitP95Milliseconds": 1000},
                     "batching": {"maxBatchSize": {"min": 1, "max": 8}},
                 },
                 {
