@@ -89,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drain-seconds",
         type=float,
-        default=75.0,
-        help="how long to watch the pool scale down after the load",
+        default=150.0,
+        help="how long to watch the pool scale down after the load (after the stabilization "
+        "window it removes a step a minute)",
     )
     return parser
 
