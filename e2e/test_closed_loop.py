@@ -490,8 +490,21 @@ def test_worker_pod_killed_traffic_continues_on_the_others(
 def test_the_simulator_predicts_the_loop_on_a_trace_slice(loop: Loop) -> None:
     """`carpool sim`, given the same arrivals, pool and profile, predicts this loop's
     replica-minutes; the interactive p95 TTFT of both is printed (docs/fidelity.md)."""
+    # The simulator models this pool alone, with every pod it asks for: the module's other
+    # pools go first and give their GPUs back, and the pool may not ask for more than the
+    # nodes hold (gpu_nodes: 2 x 2).
+    delete_pools(loop.api, loop.namespace)
+    wait_for(
+        "the other pools' workers gone",
+        lambda: (
+            not client.CoreV1Api(loop.api)
+            .list_namespaced_pod(loop.namespace, label_selector="carpool.dev/pool")
+            .items
+        ),
+        120,
+    )
     name = "predicted"
-    manifest = pool_manifest(name, max_replicas=6)
+    manifest = pool_manifest(name, max_replicas=4)
     applied_at = time.monotonic()
     scenario.apply_pool(loop.api, loop.namespace, manifest, profile=PROFILE)
     wait_for(
