@@ -60,7 +60,12 @@ def guard(
     if model_unbounded and up > current:
         ratios = measured_ratios(estimates, observation)
         if ratios is not None:
-            worst = max((_ratio(estimates[n], observation, tuning) for n in ratios), default=0.0)
+            judged = (
+                ratio
+                for name, ratio in ratios.items()
+                if estimates[name].observed_rate >= tuning.min_feedback_rate
+            )
+            worst = max(judged, default=0.0)
             measured_up = max(current, ratio_step(worst, observation, current, tuning))
             if worst > tuning.budget_headroom and measured_up < up:
                 up = measured_up

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from carpool_policy import EndpointLimits, Observation, PolicyState, decide
@@ -90,12 +92,12 @@ def test_scale_down_steps_at_most_once_a_minute(w):
     # it shrinks no faster than its pods could come back.
     observation = w.observe(replicas=12, inline=w.traffic(rate=1.0))
     history = steady_history(1, w.NOW)
-    just_stepped = PolicyState(**{**history.__dict__, "last_scale_down_at": w.NOW - 15})
+    just_stepped = replace(history, last_scale_down_at=w.NOW - 15)
     paced = decide(observation, w.spec(), just_stepped, w.NOW, profile=w.profile)
     assert paced.replicas == 12
     assert "paced: one step per 60 s" in paced.reason
     assert "scale_down_step" in paced.rules
-    a_minute_on = PolicyState(**{**history.__dict__, "last_scale_down_at": w.NOW - 60})
+    a_minute_on = replace(history, last_scale_down_at=w.NOW - 60)
     stepped = decide(observation, w.spec(), a_minute_on, w.NOW, profile=w.profile)
     assert stepped.replicas == 12 - 3
     assert stepped.state.last_scale_down_at == w.NOW
