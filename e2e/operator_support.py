@@ -200,6 +200,16 @@ class OperatorProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def metric_reaches(self, name: str, at_least: float, timeout_seconds: float = 30.0) -> float:
+        """Wait for a counter to reach `at_least`. A reconcile is counted when it ends, after its
+        status patch and Events: a test that saw the status may read the counter a moment early."""
+
+        def reached() -> float | None:
+            value = self.metric(name)
+            return value if value >= at_least else None
+
+        return wait_for(f"{name} >= {at_least}", reached, timeout_seconds)
+
     def log(self, last_lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-last_lines:])

@@ -458,8 +458,8 @@ def test_metrics_count_reconciles_and_health_answers(api, ns, operator, kube):
     _create_pool(api, ns, "counted")
     _reconciled(kube, ns, "counted")
     assert operator.healthy()
-    assert operator.metric("carpool_operator_reconciles_total") >= 1
-    assert operator.metric("carpool_operator_reconcile_duration_seconds_count") >= 1
+    operator.metric_reaches("carpool_operator_reconciles_total", 1)
+    operator.metric_reaches("carpool_operator_reconcile_duration_seconds_count", 1)
     assert operator.metric("carpool_operator_objects_applied_total") >= 5
 
 
