@@ -253,6 +253,7 @@ DECISION_REASONS = (
     "capacity_limited",  # pods Pending for GPUs, or at replicas.max
     "max_replicas",  # the model or the guard asks for more than replicas.max
     "model_unbounded",  # the model's step up replaced by the measured ratio's
+    "model_pessimistic",  # the scale-down model anchored where the measurement contradicts it
     "queue_breach",  # a measured queue-wait p95 over its budget: scale up
     "queue_within_budget",  # the queue measured well inside its budget: no scale-up
     "queue_not_low",  # the queue measured above the scale-down fraction: no scale-down

@@ -98,22 +98,29 @@ def decide(
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
+    model_rules: list[str] = []
     if profile is not None:
         # The step up is sized by the model anchored at the measured queue delay; the step down
         # by the model as it is, whose level errs on the side of capacity (a quiet minute is
-        # weak evidence that fewer replicas would hold the next burst).
+        # weak evidence that fewer replicas would hold the next burst), except for endpoints
+        # where that level is contradicted (`model_pessimistic`).
         unanchored = loads
         loads, anchors = anchor(
             loads, _measured(estimates, tuning), held, observation.ready_replicas, profile, tuning
         )
         highest = spec.max_replicas
         up_plan = plan(loads, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
-        up, down = _model_counts(up_plan, unanchored, spec, profile, tuning, current, lowest)
+        down_loads = pessimism_corrected(unanchored, loads, anchors, tuning)
+        up, down = _model_counts(up_plan, down_loads, spec, profile, tuning, current, lowest)
+        if down_loads != unanchored and down < current:
+            model_rules.append("model_pessimistic")
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
     unbounded = any(math.isinf(predicted) for predicted, _ in anchors.values())
     guarded = guard(up, down, current, estimates, observation, tuning, unbounded)
+    if guarded.down >= current:
+        model_rules.clear()  # the guard held the pool: the scale-down model did not act
     # Where the measurement sized the step, the model's verdicts (the pool falls short, the
     # limits it would set for pods it calls overloaded) rest on a prediction it contradicts.
     model_trusted = "model_unbounded" not in guarded.rules
@@ -131,7 +138,7 @@ def decide(
         tuning,
         state.last_scale_down_at,
     )
-    rules = list(guarded.rules) + list(damped.rules)
+    rules = model_rules + list(guarded.rules) + list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
     if capacity_limited and replicas > current:
@@ -229,6 +236,32 @@ def _measured(estimates: Mapping[str, Estimate], tuning: Tuning) -> dict[str, fl
         for name, e in estimates.items()
         if e.queue_delay_p95 is not None and e.observed_rate >= tuning.min_feedback_rate
     }
+
+
+def pessimism_corrected(
+    unanchored: tuple[EndpointLoad, ...],
+    anchored: tuple[EndpointLoad, ...],
+    anchors: Mapping[str, tuple[float, float]],
+    tuning: Tuning,
+) -> tuple[EndpointLoad, ...]:
+    """The loads the scale-down model sizes for: each endpoint's load as it is, except where the
+    model calls the ready pods over its target (`budget_headroom` of the queue budget) while
+    their queue delay was measured quiet (within `queue_quiet_fraction`): there the model's
+    level is not an error on the side of capacity but a contradiction (long prompts queue
+    behind one another less than its picture says), and the anchored load stands. Without it
+    such a pool holds, for nothing, whatever count it once scaled up to."""
+    corrected = []
+    for load, anchored_load in zip(unanchored, anchored, strict=True):
+        predicted, measured = anchors.get(load.name, (math.inf, math.inf))
+        budget = load.queue_budget_seconds
+        contradicted = (
+            budget is not None
+            and math.isfinite(predicted)
+            and predicted > tuning.budget_headroom * budget
+            and measured <= tuning.queue_quiet_fraction * budget
+        )
+        corrected.append(anchored_load if contradicted else load)
+    return tuple(corrected)
 
 
 def _model_counts(up_plan, loads, spec, profile, tuning, current, lowest) -> tuple[int, int]:

@@ -34,6 +34,7 @@ RULES = (
     "series_missing",  # an endpoint's arrival rate is missing: no scale-down
     "queue_wait_missing",  # an SLA endpoint has traffic but no queue delay measured: no scale-down
     "model_unbounded",  # model: ready pods overloaded; measured: a finite queue. Ratio sizes up
+    "model_pessimistic",  # model: ready pods over target; measured: a quiet queue. Anchored down
     "queue_breach",  # measured queue delay p95 over its budget: scale up, whatever the model says
     "queue_within_budget",  # measured queue delay within the headroom: the model may not scale up
     "queue_not_low",  # measured queue delay above the quiet fraction: no scale-down

@@ -171,3 +171,20 @@ def test_where_the_measurement_sizes_the_step_the_model_neither_cuts_limits_nor_
     assert decision.limits["offline"] == w.IN_FORCE["offline"]
     assert decision.condition("CapacityLimited").status == "False"
     assert "the measured queue delays need 3 replicas" in decision.reason
+
+
+def test_a_model_contradicted_by_a_quiet_queue_does_not_hold_the_pool_up(w):
+    # 2 req/s of 8k-token prompts on 8 replicas, a 1.2 s service time of a 1.5 s TTFT budget
+    # (a 300 ms queue budget): the model as it is predicts 1.4 s of queueing at 8 pods, but
+    # 10 ms was measured. Its level is contradicted, not cautious: the scale-down is sized by
+    # the model anchored at the measurement, and the pool steps down.
+    seen = w.traffic(rate=2.0, ttft=1.3, queue=0.01, service=1.2, prompt=8192, generated=200)
+    # Nothing higher recommended within the stabilization window: a scale-down may act.
+    state = dataclasses.replace(with_service(w, 1.2), recommendations=((w.NOW - 400, 1),))
+    decision = decide(w.observe(8, seen), w.spec(), state, w.NOW, w.profile)
+    assert decision.replicas == 6  # a quarter of the pool per step
+    assert "model_pessimistic" in decision.rules
+    # A model that fits the measurement (shorter prompts, 1 req/s) is left as it is.
+    calm = dataclasses.replace(seen, arrival_rate_per_second=1.0, mean_prompt_tokens=4096)
+    decision = decide(w.observe(8, calm), w.spec(), state, w.NOW, w.profile)
+    assert "model_pessimistic" not in decision.rules
