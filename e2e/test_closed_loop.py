@@ -27,6 +27,7 @@ from kubernetes import client
 from carpool_bench import loop as bench_loop
 from carpool_cluster import load, processes, prometheus, scenario, testing
 from carpool_cluster.testing import wait_for
+from carpool_operator.prometheus import PrometheusAccess, fetch_pool_metrics
 from carpool_policy.tuning import DEFAULT_TUNING
 from carpool_replica.profile import Profile
 
@@ -319,6 +320,10 @@ def test_burst_scales_up_within_two_intervals_and_the_sla_is_met_again(
             wait_for("the clients' p95 TTFT back within the SLA", sla_met_again, 75)
         except AssertionError as error:
             raise AssertionError(f"{error}; {p95_timeline(outcomes)}") from None
+        # The prompt mix the policy prices prefill over, read by the operator's own PromQL.
+        seen = fetch_pool_metrics(PrometheusAccess(loop.prometheus_url))[(loop.namespace, pool)]
+        mixes = [e.prompt_length_buckets for e in seen.endpoints.values()]
+        assert any(sum(rate for _, rate in mix or ()) > 0 for mix in mixes), mixes
         traffic.join(timeout=120)
     ok = sum(1 for o in outcomes if o.status == 200)
     assert ok >= 0.95 * len(outcomes), f"only {ok} of {len(outcomes)} requests succeeded"

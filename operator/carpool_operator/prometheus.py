@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -31,6 +32,7 @@ from requests import RequestException
 from urllib3.util.retry import Retry
 
 from carpool_policy import EndpointObservation
+from carpool_replica.buckets import PROMPT_MIX_WINDOW_SECONDS
 
 BY = "namespace, pool, endpoint"
 POOL_LABELS = ("namespace", "pool")
@@ -127,6 +129,12 @@ def queries(window: str) -> dict[str, str]:
         "waiting": f"sum by ({BY}) (carpool_requests_waiting)",
         "running": f"sum by ({BY}) (carpool_requests_running)",
         "rejected_rate_per_second": rejected,
+        # Per `le` bucket, cumulative (`per_bucket` turns it into requests per second in each),
+        # over a longer window: the mix is a property of the traffic, not of the last minute.
+        "prompt_length_buckets": (
+            f"sum by ({BY}, le) "
+            f"(rate(carpool_prompt_length_tokens_bucket[{PROMPT_MIX_WINDOW_SECONDS}s]))"
+        ),
         # The fuel ledger's inputs (see carpool_operator.ledger), over a longer window: a cost
         # is a running account, not a reaction.
         "tokens_per_second": (
@@ -211,15 +219,22 @@ def fetch_pool_metrics(
     access: PrometheusAccess, window: str = "1m"
 ) -> dict[tuple[str, str], PoolMetrics]:
     connection = access.connect()
-    fields: dict[tuple[str, str, str], dict[str, float | None]] = {}
+    fields: dict[tuple[str, str, str], dict[str, Any]] = {}
     for name, promql in queries(window).items():
         for sample in _query(connection, access, name, promql):
             labels = sample["metric"]
             key = (labels.get("namespace", ""), labels.get("pool", ""), labels.get("endpoint", ""))
-            if all(key):
+            if not all(key):
+                continue
+            if "le" in labels:
+                cumulative = fields.setdefault(key, {}).setdefault(name, [])
+                cumulative.append((float(labels["le"]), _value(sample)))
+            else:
                 fields.setdefault(key, {})[name] = _value(sample)
     pools: dict[tuple[str, str], PoolMetrics] = {}
     for (namespace, pool, endpoint), values in fields.items():
+        if "prompt_length_buckets" in values:
+            values["prompt_length_buckets"] = per_bucket(values["prompt_length_buckets"])
         metrics = pools.setdefault((namespace, pool), PoolMetrics({}, None))
         sampled_at = values.pop("_sampled_at", None)
         if sampled_at is not None:
@@ -228,6 +243,20 @@ def fetch_pool_metrics(
         metrics.usage[endpoint] = EndpointUsage(**usage)
         metrics.endpoints[endpoint] = EndpointObservation(**values)
     return pools
+
+
+def per_bucket(
+    cumulative: list[tuple[float, float | None]],
+) -> tuple[tuple[float, float], ...] | None:
+    """A histogram's cumulative bucket rates by `le` as (upper bound, rate in that bucket)."""
+    if any(value is None for _, value in cumulative):
+        return None
+    ordered = sorted((le, value or 0.0) for le, value in cumulative)
+    below, buckets = 0.0, []
+    for le, value in ordered:
+        buckets.append((le, max(0.0, value - below)))
+        below = max(below, value)
+    return tuple(buckets)
 
 
 @dataclasses.dataclass(frozen=True)

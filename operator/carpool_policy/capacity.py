@@ -55,6 +55,10 @@ class EndpointLoad:
     # time; None (with a TTFT budget) when neither is known, and the model's floor stands in.
     queue_budget_seconds: float | None = None
     backlogged: bool = False  # requests are waiting (only matters for throughput classes)
+    # The mean prefill and its squared coefficient of variation over the measured prompt
+    # lengths (`prefill_moments`); None: the prefill of the mean prompt, `service_scv`.
+    prefill_seconds: float | None = None
+    prefill_scv: float | None = None
 
     @property
     def has_sla(self) -> bool:
@@ -105,7 +109,7 @@ def forecast(
             {load.name: EndpointForecast(wait, wait, 0.0, 0.0, 0.0, 0.0) for load in loads},
         )
     ordered = sorted(loads, key=lambda load: -load.priority)
-    prefill = {load.name: profile.prefill_seconds(load.prompt_tokens) for load in loads}
+    prefill = {load.name: _mean_prefill(load, profile) for load in loads}
     slots = {load.name: limits[load.name].max_batch_size for load in loads}
     step = profile.step_seconds(1, _mean_context(loads, {})) if loads else 0.0
     running: dict[str, float] = {}
@@ -135,7 +139,13 @@ def forecast(
         step = 0.5 * (step + new_step)  # damped: the step time feeds back into the batch
 
     total_utilization = sum(utilization.values())
-    burstiness = (tuning.arrival_scv + tuning.service_scv) / 2.0
+    # Kingman: the queue grows with the variability of arrivals and of each class's admission
+    # (its prefill plus a step); a heavy-tailed prompt mix queues others behind its long ones.
+    burstiness = {
+        load.name: (tuning.arrival_scv + _admission_scv(load, prefill[load.name], step, tuning))
+        / 2.0
+        for load in loads
+    }
     chunk = profile.prefill_seconds(profile.prefill_chunk_tokens) + step
     endpoints: dict[str, EndpointForecast] = {}
     for load in loads:
@@ -147,7 +157,7 @@ def forecast(
         # behind its own and higher classes' admissions, and a lower class's prompt in progress
         # delays it by the rest of one step at most.
         residual = sum(
-            utilization[o.name] * (prefill[o.name] + step) * burstiness
+            utilization[o.name] * (prefill[o.name] + step) * burstiness[o.name]
             for o in loads
             if o.priority >= load.priority
         )
@@ -246,9 +256,10 @@ def _ttft(
     part. Without `queueing`, the floor no scaling beats."""
     if load.fills_slots:
         return math.inf  # a backlog: its wait is the backlog, not a model output
-    own_prefill = profile.prefill_seconds(load.prompt_tokens)
-    own_prefill_quantile = profile.prefill_seconds(
-        load.prompt_tokens * _prompt_tail_ratio(quantile, tuning)
+    own_prefill = _mean_prefill(load, profile)
+    own_prefill_quantile = max(
+        own_prefill,
+        profile.prefill_seconds(load.prompt_tokens * _prompt_tail_ratio(quantile, tuning)),
     )
     parts = [(own_prefill, own_prefill_quantile)]
     if queueing:
@@ -298,6 +309,34 @@ def _mean_context(loads: Sequence[EndpointLoad], running: Mapping[str, float]) -
         sum(weights[load.name] * (load.prompt_tokens + load.generated_tokens / 2) for load in loads)
         / total
     )
+
+
+def prefill_moments(
+    profile: Profile, mix: Sequence[tuple[float, float]]
+) -> tuple[float, float] | None:
+    """The mean prefill time over a prompt mix of (tokens, share), and its squared coefficient
+    of variation; None for an empty mix. Prefill time grows faster than the prompt (chunks
+    attend to all that came before), so the mean prefill exceeds the mean prompt's prefill."""
+    if not mix:
+        return None
+    times = [(profile.prefill_seconds(tokens), share) for tokens, share in mix]
+    mean = sum(t * share for t, share in times)
+    variance = sum((t - mean) ** 2 * share for t, share in times)
+    return mean, (variance / mean**2 if mean > 0 else 0.0)
+
+
+def _mean_prefill(load: EndpointLoad, profile: Profile) -> float:
+    if load.prefill_seconds is not None:
+        return load.prefill_seconds
+    return profile.prefill_seconds(load.prompt_tokens)
+
+
+def _admission_scv(load: EndpointLoad, prefill: float, step: float, tuning: Tuning) -> float:
+    """The squared coefficient of variation of one admission (prefill + step) over the measured
+    prompt mix; `service_scv`, the assumption, where no mix was measured."""
+    if load.prefill_scv is None or prefill + step <= 0:
+        return tuning.service_scv
+    return load.prefill_scv * prefill**2 / (prefill + step) ** 2
 
 
 def _prompt_tail_ratio(quantile: float, tuning: Tuning) -> float:

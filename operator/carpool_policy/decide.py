@@ -15,8 +15,10 @@ function of its arguments and never raises on an observation. Its `Decision`:
 The stages, one module each:
 
     estimate  rates, token means, measured queue delay and service time, queue budgets (estimate)
-    plan      the model, anchored at the measured queue delay: fewest replicas + limits whose
-              predicted queue delay fits (planner)
+    plan      the model, its prefill priced over each endpoint's measured prompt mix and
+              anchored at the measured queue delay: fewest replicas + limits whose predicted
+              queue delay fits (planner); the scale-down count from the model as it is, or
+              anchored where the measurement contradicts it (`pessimism_corrected`)
     guard     measured queue delay decides the direction and overrides the model; where the
               model calls the ready replicas overloaded but their queue was measured finite,
               the measurement sizes the step (guard)
@@ -28,9 +30,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from carpool_policy.capacity import EndpointLoad
+from carpool_policy.capacity import EndpointLoad, prefill_moments
 from carpool_policy.damping import damp
 from carpool_policy.estimate import Estimate, estimate
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for
@@ -95,6 +97,8 @@ def decide(
 
     estimates = _estimate(observation, spec, state, now, tuning)
     loads = tuple(e.load for e in estimates.values())
+    if profile is not None:
+        loads = _priced(loads, estimates, profile)
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
@@ -229,6 +233,19 @@ def _estimate(observation, spec, state, now, tuning) -> dict[str, Estimate]:
     }
 
 
+def _priced(
+    loads: tuple[EndpointLoad, ...], estimates: Mapping[str, Estimate], profile: Profile
+) -> tuple[EndpointLoad, ...]:
+    """Each load with its prefill priced over its measured prompt mix (where one was measured)."""
+    priced = []
+    for load in loads:
+        moments = prefill_moments(profile, estimates[load.name].prompt_mix)
+        if moments is not None:
+            load = replace(load, prefill_seconds=moments[0], prefill_scv=moments[1])
+        priced.append(load)
+    return tuple(priced)
+
+
 def _measured(estimates: Mapping[str, Estimate], tuning: Tuning) -> dict[str, float]:
     """The queue delays measured with enough traffic to trust their p95."""
     return {
@@ -265,8 +282,8 @@ def pessimism_corrected(
 
 
 def _model_counts(up_plan, loads, spec, profile, tuning, current, lowest) -> tuple[int, int]:
-    """The (anchored) model's scale-up count, and the count the unanchored model needs at the
-    tighter scale-down headroom (for scale-down)."""
+    """The (anchored) model's scale-up count, and the count the scale-down model (`loads`,
+    from `pessimism_corrected`) needs at the tighter scale-down headroom."""
     up = up_plan.replicas if up_plan.fits else spec.max_replicas
     if up >= current:
         return up, up

@@ -18,12 +18,17 @@ returns one endpoint's `Estimate`:
   least `unreachable_queue_share` of the TTFT budget; None while no service time has been
   measured (the model's own service-time floor then stands in);
 - `unreachable`: `service_time` alone reaches the TTFT budget, so no replica count can meet it;
-  the policy sizes for the queue part and says so.
+  the policy sizes for the queue part and says so;
+- `prompt_mix`, the measured prompt lengths as (tokens, share): each bucket of the prompt-length
+  histogram at its middle, scaled so that the mix's mean is the load's mean prompt (the exact
+  one, from the token counter); empty when the histogram is missing or holds no requests.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from carpool_policy.capacity import EndpointLoad
@@ -42,6 +47,7 @@ class Estimate:
     queue_budget: float | None
     unreachable: bool
     service_history: tuple[tuple[float, float], ...] = ()  # (time, p95) kept for the next call
+    prompt_mix: tuple[tuple[float, float], ...] = ()  # (prompt tokens, share of the requests)
 
 
 def estimate(
@@ -89,7 +95,27 @@ def estimate(
         queue_budget=budget,
         unreachable=unreachable,
         service_history=history,
+        prompt_mix=prompt_mix(observed.prompt_length_buckets or (), prompt),
     )
+
+
+def prompt_mix(
+    buckets: Sequence[tuple[float, float]], mean_prompt: float
+) -> tuple[tuple[float, float], ...]:
+    """(tokens, share) per histogram bucket with requests, scaled to `mean_prompt`."""
+    total = sum(rate for _, rate in buckets)
+    if total <= 0:
+        return ()
+    points, lower = [], 0.0
+    for upper, rate in buckets:
+        # The open top bucket has no middle: half again its lower bound (the scaling to the
+        # measured mean corrects the guess as far as the mean goes).
+        middle = 1.5 * lower if math.isinf(upper) else (lower + upper) / 2.0
+        if rate > 0:
+            points.append((middle, rate / total))
+        lower = upper
+    scale = mean_prompt / sum(tokens * share for tokens, share in points)
+    return tuple((tokens * scale, share) for tokens, share in points)
 
 
 def queue_budget(

@@ -19,7 +19,8 @@ class Tuning:
     budget_headroom: float = 0.85
     # Scale down only when the smaller pool would fit this tighter fraction (hysteresis).
     scale_down_headroom: float = 0.7
-    # Squared coefficients of variation of inter-arrival and service times (Kingman).
+    # Squared coefficients of variation of inter-arrival and service times (Kingman); the
+    # service's is measured from an endpoint's prompt mix where the worker exports one.
     arrival_scv: float = 1.0
     service_scv: float = 1.0
     # The planning-quantile prompt is at most this many times the mean prompt.

@@ -119,6 +119,9 @@ class EndpointObservation:
     waiting: float | None = None  # carpool_requests_waiting, summed over pods
     running: float | None = None  # carpool_requests_running, summed over pods
     rejected_rate_per_second: float | None = None
+    # Prompt lengths of the requests whose prefill started: (bucket upper bound in tokens,
+    # requests per second in that bucket), math.inf last (carpool_prompt_length_tokens).
+    prompt_length_buckets: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)

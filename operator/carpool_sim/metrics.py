@@ -6,9 +6,11 @@ Contract:
   counters and histograms a worker exports (`carpool_requests_total{outcome}` for ok,
   rejected and invalid, `carpool_prompt_tokens_total`, `carpool_generated_tokens_total`,
   `carpool_queue_wait_seconds`, `carpool_time_to_first_token_seconds`,
-  `carpool_service_time_seconds`), summed over the pool's pods, for the simulated Prometheus to
-  scrape. A request's queue wait and prompt count when its prefill starts, as the worker's do.
-- Histogram buckets are `BUCKETS` (upper bounds in seconds, +Inf implied), the worker's.
+  `carpool_service_time_seconds`, `carpool_prompt_length_tokens`), summed over the pool's pods,
+  for the simulated Prometheus to scrape. A request's queue wait and prompt count when its
+  prefill starts, as the worker's do.
+- Latency histograms' buckets are `BUCKETS` (upper bounds in seconds, +Inf implied), the
+  prompt-length histogram's `PROMPT_TOKEN_BUCKETS`: the worker's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from carpool_replica.buckets import LATENCY_BUCKETS
+from carpool_replica.buckets import LATENCY_BUCKETS, PROMPT_TOKEN_BUCKETS
 from carpool_sim.trace import Request
 
 BUCKETS = LATENCY_BUCKETS
@@ -26,15 +28,24 @@ BUCKETS = LATENCY_BUCKETS
 
 @dataclass
 class Histogram:
+    bounds: tuple[float, ...] = BUCKETS
     counts: np.ndarray = field(default_factory=lambda: np.zeros(len(BUCKETS) + 1))
     total: float = 0.0
 
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.bounds) + 1:
+            self.counts = np.zeros(len(self.bounds) + 1)
+
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
     def copy(self) -> Histogram:
-        return Histogram(self.counts.copy(), self.total)
+        return Histogram(self.bounds, self.counts.copy(), self.total)
+
+
+def _prompt_histogram() -> Histogram:
+    return Histogram(PROMPT_TOKEN_BUCKETS)
 
 
 @dataclass
@@ -49,6 +60,7 @@ class EndpointSeries:
     queue_wait: Histogram = field(default_factory=Histogram)
     ttft: Histogram = field(default_factory=Histogram)
     service_time: Histogram = field(default_factory=Histogram)
+    prompt_length: Histogram = field(default_factory=_prompt_histogram)
 
     def copy(self) -> EndpointSeries:
         return EndpointSeries(
@@ -58,6 +70,7 @@ class EndpointSeries:
             self.queue_wait.copy(),
             self.ttft.copy(),
             self.service_time.copy(),
+            self.prompt_length.copy(),
         )
 
 
@@ -86,6 +99,7 @@ class RunRecorder:
         series = self._series(request.endpoint)
         series.queue_wait.observe(wait)
         series.prompt_tokens += request.prompt_tokens
+        series.prompt_length.observe(request.prompt_tokens)
 
     def first_token(self, request: Request, now: float) -> None:
         i = self.index[id(request)]

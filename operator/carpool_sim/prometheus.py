@@ -9,17 +9,22 @@ Contract:
   returns the largest finite bound when the quantile falls in +Inf, and None for no samples.
 - `observation(...)` builds the policy's `Observation` the way the operator does from PromQL:
   per endpoint, rates over the window, p95s (queue wait, service time, TTFT) from histogram
-  increases over the window, gauges
-  from the newest scrape.
+  increases over the window, the prompt mix over `PROMPT_MIX_WINDOW_SECONDS` (as far back as
+  the samples go), gauges from the newest scrape.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from carpool_policy import EndpointLimits, EndpointObservation, Observation
-from carpool_replica.buckets import histogram_quantile
+from carpool_replica.buckets import (
+    PROMPT_MIX_WINDOW_SECONDS,
+    PROMPT_TOKEN_BUCKETS,
+    histogram_quantile,
+)
 from carpool_sim.metrics import EndpointSeries
 
 
@@ -63,11 +68,14 @@ class Prometheus:
 
 
 def endpoint_observation(
-    name: str, older: Sample, newest: Sample, quantile: float = 0.95
+    name: str, older: Sample, newest: Sample, mix_older: Sample, quantile: float = 0.95
 ) -> EndpointObservation:
+    """Rates and p95s over (older, newest); the prompt mix over (mix_older, newest)."""
     empty = EndpointSeries()
     a, b = older.series.get(name, empty), newest.series.get(name, empty)
     span = newest.time - older.time
+    mix_counts = b.prompt_length.counts - mix_older.series.get(name, empty).prompt_length.counts
+    mix_span = newest.time - mix_older.time
     started = b.queue_wait.counts.sum() - a.queue_wait.counts.sum()
     rejected = b.requests["rejected"] - a.requests["rejected"]
     ok = b.requests["ok"] - a.requests["ok"]
@@ -86,6 +94,13 @@ def endpoint_observation(
         waiting=float(newest.waiting.get(name, 0)),
         running=float(newest.running.get(name, 0)),
         rejected_rate_per_second=rejected / span,
+        prompt_length_buckets=tuple(
+            zip(
+                (*PROMPT_TOKEN_BUCKETS, math.inf),
+                (mix_counts / mix_span).tolist(),
+                strict=True,
+            )
+        ),
     )
 
 
@@ -108,11 +123,14 @@ def observation(
             limits=limits,
         )
     older, newest = pair
+    mix_older, _ = prometheus.window(now, PROMPT_MIX_WINDOW_SECONDS) or pair
     return Observation(
         sampled_at=newest.time,
         available=True,
         desired_replicas=desired_replicas,
         ready_replicas=ready_replicas,
-        endpoints={name: endpoint_observation(name, older, newest) for name in endpoints},
+        endpoints={
+            name: endpoint_observation(name, older, newest, mix_older) for name in endpoints
+        },
         limits=limits,
     )

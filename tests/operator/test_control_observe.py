@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carpool_operator.observe import build_observation
-from carpool_operator.prometheus import PoolMetrics, queries
+from carpool_operator.prometheus import PoolMetrics, per_bucket, queries
 from carpool_operator.push import ready_pod_addresses
 from carpool_policy import EndpointObservation
 
@@ -79,6 +79,16 @@ def test_latency_signals_are_p95s_of_the_worker_histograms_per_endpoint(signal: 
 def test_every_query_groups_by_pool_so_one_batch_serves_all_pools() -> None:
     for name, promql in queries("1m").items():
         assert "namespace, pool, endpoint" in promql, name
+
+
+def test_a_histograms_cumulative_bucket_rates_become_rates_per_bucket() -> None:
+    cumulative = [("+Inf", 3.0), ("64", 0.5), ("128", 2.5)]
+    assert per_bucket([(float(le), rate) for le, rate in cumulative]) == (
+        (64.0, 0.5),
+        (128.0, 2.0),
+        (float("inf"), 0.5),
+    )
+    assert per_bucket([(64.0, 1.0), (float("inf"), None)]) is None  # a gap is not a zero
 
 
 def test_limits_are_pushed_only_to_ready_pods_with_an_address() -> None:

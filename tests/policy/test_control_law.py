@@ -8,6 +8,7 @@ and chunked prefill in the capacity model.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -188,3 +189,17 @@ def test_a_model_contradicted_by_a_quiet_queue_does_not_hold_the_pool_up(w):
     calm = dataclasses.replace(seen, arrival_rate_per_second=1.0, mean_prompt_tokens=4096)
     decision = decide(w.observe(8, calm), w.spec(), state, w.NOW, w.profile)
     assert "model_pessimistic" not in decision.rules
+
+
+def test_the_model_prices_prefill_over_the_measured_prompt_lengths(w):
+    # 8 req/s, mean prompt 2,048 tokens, on 2 replicas with the queue measured near its budget:
+    # prompts all about 2k, or most short and one in eight about 8k. The spread mix costs more
+    # prefill per request and queues the rest behind its long prompts: the step is larger.
+    def measured(buckets):
+        seen = w.traffic(rate=8.0, ttft=1.4, queue=1.0, service=0.4)
+        seen = dataclasses.replace(seen, prompt_length_buckets=buckets)
+        return decide(w.observe(2, seen), w.spec(), with_service(w, 0.4), w.NOW, w.profile)
+
+    narrow = measured(((1536.0, 0.0), (3072.0, 8.0), (math.inf, 0.0)))
+    spread = measured(((1024.0, 7.0), (1536.0, 0.0), (8192.0, 1.0), (math.inf, 0.0)))
+    assert spread.replicas > narrow.replicas

@@ -98,3 +98,19 @@ def test_a_prompt_too_long_for_the_context_is_invalid_not_an_arrival_turned_away
     recorder.rejected(long, 0.0, "too-long")
     recorder.rejected(full, 0.0, "queue-full")
     assert recorder.series["chat"].requests == {"ok": 0, "rejected": 1, "invalid": 1, "error": 0}
+
+
+def test_prompt_lengths_are_counted_when_the_prefill_starts_and_read_per_bucket():
+    short = Request(arrival_seconds=0.0, endpoint="chat", prompt_tokens=100, output_tokens=5)
+    long = Request(arrival_seconds=0.0, endpoint="chat", prompt_tokens=5000, output_tokens=5)
+    recorder = RunRecorder([short, long])
+    prometheus = Prometheus()
+    prometheus.scrape(Sample(0.0, recorder.snapshot()))
+    recorder.started(short, 1.0)
+    recorder.started(long, 2.0)
+    prometheus.scrape(Sample(60.0, recorder.snapshot()))
+    buckets = observation(prometheus, 60.0, 60.0, ["chat"], 1, 1, {}).endpoints["chat"]
+    per_bucket = dict(buckets.prompt_length_buckets)
+    assert per_bucket[128] == pytest.approx(1 / 60)  # 100 tokens: the (96, 128] bucket
+    assert per_bucket[6144] == pytest.approx(1 / 60)  # 5,000 tokens: (4096, 6144]
+    assert sum(per_bucket.values()) == pytest.approx(2 / 60)

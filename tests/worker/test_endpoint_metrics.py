@@ -139,5 +139,11 @@ def test_prompts_waiting_their_turn_at_the_prefill_budget_is_queue_wait() -> Non
         assert sample(engine, "carpool_queue_wait_seconds_count", endpoint="chat") == 4
         assert sample(engine, "carpool_queue_wait_seconds_sum", endpoint="chat") >= 0.025
         assert sample(engine, "carpool_prompt_tokens_total", endpoint="chat") == 4 * 4
+        # Each prompt's length once, in the bucket that holds it (the policy prices prefill
+        # over these lengths).
+        assert sample(engine, "carpool_prompt_length_tokens_count", endpoint="chat") == 4
+        assert (
+            sample(engine, "carpool_prompt_length_tokens_bucket", endpoint="chat", le="64.0") == 4
+        )
     finally:
         engine.stop()

@@ -156,6 +156,7 @@ class Engine:
         for req in step.started:
             m.queue_wait.labels(req.endpoint).observe(now - req.arrival)
             m.prompt_tokens.labels(req.endpoint).inc(len(req.prompt_ids))
+            m.prompt_length.labels(req.endpoint).observe(len(req.prompt_ids))
         for req in step.preempted:
             m.preemptions.labels(req.endpoint).inc()
         for req in step.cancelled:

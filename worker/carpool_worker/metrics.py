@@ -2,7 +2,8 @@
 
 Contract: ``WorkerMetrics()`` registers every metric on its own ``CollectorRegistry`` (so several
 workers can live in one test process) and ``render()`` returns the text exposition. Latency
-histograms share ``carpool_replica.buckets.LATENCY_BUCKETS`` with the simulator.
+histograms share ``carpool_replica.buckets.LATENCY_BUCKETS`` with the simulator, the prompt-length
+histogram ``PROMPT_TOKEN_BUCKETS``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from bisect import bisect_left
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.values import MutexValue
 
-from carpool_replica.buckets import LATENCY_BUCKETS, geometric
+from carpool_replica.buckets import LATENCY_BUCKETS, PROMPT_TOKEN_BUCKETS, geometric
 from carpool_replica.limits import LimitsDocument
 
 STEP_BUCKETS = geometric(0.0005, 5.0, 1.25)
@@ -89,6 +90,14 @@ class WorkerMetrics:
         )
         self.prompt_tokens = Counter(
             "carpool_prompt_tokens", "Prompt tokens prefilled.", ep, registry=r
+        )
+        # The spread of the prompts prices their prefill: it grows faster than the prompt.
+        self.prompt_length = Histogram(
+            "carpool_prompt_length_tokens",
+            "Prompt tokens of each request whose prefill started.",
+            ep,
+            buckets=PROMPT_TOKEN_BUCKETS,
+            registry=r,
         )
         self.waiting = Gauge("carpool_requests_waiting", "Requests queued.", ep, registry=r)
         self.running = Gauge("carpool_requests_running", "Requests in the batch.", ep, registry=r)
@@ -184,6 +193,7 @@ class WorkerMetrics:
                 self.duration,
                 self.generated_tokens,
                 self.prompt_tokens,
+                self.prompt_length,
                 self.endpoint_batch_size,
                 self.engine_seconds,
                 self.preemptions,
