@@ -332,11 +332,12 @@ def _mean_prefill(load: EndpointLoad, profile: Profile) -> float:
 
 
 def _admission_scv(load: EndpointLoad, prefill: float, step: float, tuning: Tuning) -> float:
-    """The squared coefficient of variation of one admission (prefill + step) over the measured
-    prompt mix; `service_scv`, the assumption, where no mix was measured."""
+    """The squared coefficient of variation of one admission (prefill + step): that of the
+    measured prompt mix, never below `service_scv`. Prompts of one length vary too: an
+    admission's time also depends on what shares its steps, which the mix does not see."""
     if load.prefill_scv is None or prefill + step <= 0:
         return tuning.service_scv
-    return load.prefill_scv * prefill**2 / (prefill + step) ** 2
+    return max(tuning.service_scv, load.prefill_scv * prefill**2 / (prefill + step) ** 2)
 
 
 def _prompt_tail_ratio(quantile: float, tuning: Tuning) -> float:

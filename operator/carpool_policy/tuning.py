@@ -20,7 +20,7 @@ class Tuning:
     # Scale down only when the smaller pool would fit this tighter fraction (hysteresis).
     scale_down_headroom: float = 0.7
     # Squared coefficients of variation of inter-arrival and service times (Kingman); the
-    # service's is measured from an endpoint's prompt mix where the worker exports one.
+    # service's is at least this, more where an endpoint's measured prompt mix spreads more.
     arrival_scv: float = 1.0
     service_scv: float = 1.0
     # The planning-quantile prompt is at most this many times the mean prompt.
