@@ -29,11 +29,11 @@ BUCKETS = LATENCY_BUCKETS
 @dataclass
 class Histogram:
     bounds: tuple[float, ...] = BUCKETS
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(BUCKETS) + 1))
+    counts: np.ndarray = None  # type: ignore[assignment]  # one per bound, then +Inf
     total: float = 0.0
 
     def __post_init__(self) -> None:
-        if len(self.counts) != len(self.bounds) + 1:
+        if self.counts is None:
             self.counts = np.zeros(len(self.bounds) + 1)
 
     def observe(self, value: float) -> None:
