@@ -257,6 +257,8 @@ def _ttft(
     if load.fills_slots:
         return math.inf  # a backlog: its wait is the backlog, not a model output
     own_prefill = _mean_prefill(load, profile)
+    # The quantile prompt is still an assumed tail on the mean; over a measured heavy mix the
+    # mean prefill can exceed that quantile's prefill, and a quantile is never below its mean.
     own_prefill_quantile = max(
         own_prefill,
         profile.prefill_seconds(load.prompt_tokens * _prompt_tail_ratio(quantile, tuning)),

@@ -18,7 +18,7 @@ The stages, one module each:
     plan      the model, its prefill priced over each endpoint's measured prompt mix and
               anchored at the measured queue delay: fewest replicas + limits whose predicted
               queue delay fits (planner); the scale-down count from the model as it is, or
-              anchored where the measurement contradicts it (`pessimism_corrected`)
+              anchored where the measurement contradicts it (planner)
     guard     measured queue delay decides the direction and overrides the model; where the
               model calls the ready replicas overloaded but their queue was measured finite,
               the measurement sizes the step (guard)
@@ -37,7 +37,14 @@ from carpool_policy.damping import damp
 from carpool_policy.estimate import Estimate, estimate
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for
 from carpool_policy.guard import guard, measured_ratios, ratio_step
-from carpool_policy.planner import Plan, anchor, limits_at, most_favourable_limits, plan
+from carpool_policy.planner import (
+    Plan,
+    anchor,
+    limits_at,
+    most_favourable_limits,
+    pessimism_corrected,
+    plan,
+)
 from carpool_policy.state import PolicyState
 from carpool_policy.tuning import DEFAULT_TUNING, Tuning
 from carpool_policy.types import (
@@ -102,7 +109,7 @@ def decide(
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
-    model_rules: list[str] = []
+    pessimistic = False  # the scale-down model took the anchored level somewhere
     if profile is not None:
         # The step up is sized by the model anchored at the measured queue delay; the step down
         # by the model as it is, whose level errs on the side of capacity (a quiet minute is
@@ -116,15 +123,12 @@ def decide(
         up_plan = plan(loads, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
         down_loads = pessimism_corrected(unanchored, loads, anchors, tuning)
         up, down = _model_counts(up_plan, down_loads, spec, profile, tuning, current, lowest)
-        if down_loads != unanchored and down < current:
-            model_rules.append("model_pessimistic")
+        pessimistic = down_loads != unanchored and down < current
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
     unbounded = any(math.isinf(predicted) for predicted, _ in anchors.values())
     guarded = guard(up, down, current, estimates, observation, tuning, unbounded)
-    if guarded.down >= current:
-        model_rules.clear()  # the guard held the pool: the scale-down model did not act
     # Where the measurement sized the step, the model's verdicts (the pool falls short, the
     # limits it would set for pods it calls overloaded) rest on a prediction it contradicts.
     model_trusted = "model_unbounded" not in guarded.rules
@@ -142,7 +146,9 @@ def decide(
         tuning,
         state.last_scale_down_at,
     )
-    rules = model_rules + list(guarded.rules) + list(damped.rules)
+    # Named only where the guard let the scale-down it sized stand.
+    rules = ["model_pessimistic"] if pessimistic and guarded.down < current else []
+    rules += list(guarded.rules) + list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
     if capacity_limited and replicas > current:
@@ -255,35 +261,9 @@ def _measured(estimates: Mapping[str, Estimate], tuning: Tuning) -> dict[str, fl
     }
 
 
-def pessimism_corrected(
-    unanchored: tuple[EndpointLoad, ...],
-    anchored: tuple[EndpointLoad, ...],
-    anchors: Mapping[str, tuple[float, float]],
-    tuning: Tuning,
-) -> tuple[EndpointLoad, ...]:
-    """The loads the scale-down model sizes for: each endpoint's load as it is, except where the
-    model calls the ready pods over its target (`budget_headroom` of the queue budget) while
-    their queue delay was measured quiet (within `queue_quiet_fraction`): there the model's
-    level is not an error on the side of capacity but a contradiction (long prompts queue
-    behind one another less than its picture says), and the anchored load stands. Without it
-    such a pool holds, for nothing, whatever count it once scaled up to."""
-    corrected = []
-    for load, anchored_load in zip(unanchored, anchored, strict=True):
-        predicted, measured = anchors.get(load.name, (math.inf, math.inf))
-        budget = load.queue_budget_seconds
-        contradicted = (
-            budget is not None
-            and math.isfinite(predicted)
-            and predicted > tuning.budget_headroom * budget
-            and measured <= tuning.queue_quiet_fraction * budget
-        )
-        corrected.append(anchored_load if contradicted else load)
-    return tuple(corrected)
-
-
 def _model_counts(up_plan, loads, spec, profile, tuning, current, lowest) -> tuple[int, int]:
     """The (anchored) model's scale-up count, and the count the scale-down model (`loads`,
-    from `pessimism_corrected`) needs at the tighter scale-down headroom."""
+    from `planner.pessimism_corrected`) needs at the tighter scale-down headroom."""
     up = up_plan.replicas if up_plan.fits else spec.max_replicas
     if up >= current:
         return up, up

@@ -4,6 +4,9 @@ Contract: `plan(loads, spec, profile, tuning, headroom, lowest, highest)` return
 replicas lie in [lowest, highest] and whose limits lie inside the spec's bounds. `fits` says
 whether the targets are met; when even `highest` replicas cannot meet them the plan is for
 `highest` with the throughput classes' shares shrunk (`shrunk` names them).
+`anchor` gives the loads the scale-up plans for (the model's level taken from the measured
+queue delay), `pessimism_corrected` the loads the scale-down plans for (the model as it is,
+anchored only where the measurement contradicts it).
 
 Limits, at the chosen replica count:
 - an SLA endpoint gets all the batch slots its bounds allow (a burst admitted at once costs a
@@ -102,6 +105,32 @@ def anchor(
         anchors[load.name] = (predicted, seen)
         anchored.append(replace(load, queue_budget_seconds=load.queue_budget_seconds * scale))
     return tuple(anchored), anchors
+
+
+def pessimism_corrected(
+    unanchored: Sequence[EndpointLoad],
+    anchored: Sequence[EndpointLoad],
+    anchors: Mapping[str, tuple[float, float]],
+    tuning: Tuning,
+) -> tuple[EndpointLoad, ...]:
+    """The loads the scale-down model sizes for: each endpoint's load as it is, except where the
+    model calls the ready pods over its target (`budget_headroom` of the queue budget) while
+    their queue delay was measured quiet (within `queue_quiet_fraction`): there the model's
+    level is not an error on the side of capacity but a contradiction (long prompts queue
+    behind one another less than its picture says), and the anchored load stands. Without it
+    such a pool holds, for nothing, whatever count it once scaled up to."""
+    corrected = []
+    for load, anchored_load in zip(unanchored, anchored, strict=True):
+        predicted, measured = anchors.get(load.name, (math.inf, math.inf))
+        budget = load.queue_budget_seconds
+        contradicted = (
+            budget is not None
+            and math.isfinite(predicted)
+            and predicted > tuning.budget_headroom * budget
+            and measured <= tuning.queue_quiet_fraction * budget
+        )
+        corrected.append(anchored_load if contradicted else load)
+    return tuple(corrected)
 
 
 def limits_at(
