@@ -129,8 +129,8 @@ def queries(window: str) -> dict[str, str]:
         "waiting": f"sum by ({BY}) (carpool_requests_waiting)",
         "running": f"sum by ({BY}) (carpool_requests_running)",
         "rejected_rate_per_second": rejected,
-        # Per `le` bucket, cumulative (`per_bucket` turns it into requests per second in each),
-        # over a longer window: the mix is a property of the traffic, not of the last minute.
+        # Per `le` bucket (read as requests per second in each), over a longer window: the mix
+        # is a property of the traffic, not of the last minute.
         "prompt_length_buckets": (
             f"sum by ({BY}, le) "
             f"(rate(carpool_prompt_length_tokens_bucket[{PROMPT_MIX_WINDOW_SECONDS}s]))"
@@ -220,6 +220,9 @@ def fetch_pool_metrics(
 ) -> dict[tuple[str, str], PoolMetrics]:
     connection = access.connect()
     fields: dict[tuple[str, str, str], dict[str, Any]] = {}
+    # A signal grouped by `le` is a histogram's buckets: its samples are gathered, then read
+    # as a rate per bucket.
+    cumulative: dict[tuple[str, str, str], dict[str, list]] = {}
     for name, promql in queries(window).items():
         for sample in _query(connection, access, name, promql):
             labels = sample["metric"]
@@ -227,14 +230,14 @@ def fetch_pool_metrics(
             if not all(key):
                 continue
             if "le" in labels:
-                cumulative = fields.setdefault(key, {}).setdefault(name, [])
-                cumulative.append((float(labels["le"]), _value(sample)))
+                bucket = (float(labels["le"]), _value(sample))
+                cumulative.setdefault(key, {}).setdefault(name, []).append(bucket)
             else:
                 fields.setdefault(key, {})[name] = _value(sample)
+    for key, histograms in cumulative.items():
+        fields.setdefault(key, {}).update({n: per_bucket(b) for n, b in histograms.items()})
     pools: dict[tuple[str, str], PoolMetrics] = {}
     for (namespace, pool, endpoint), values in fields.items():
-        if "prompt_length_buckets" in values:
-            values["prompt_length_buckets"] = per_bucket(values["prompt_length_buckets"])
         metrics = pools.setdefault((namespace, pool), PoolMetrics({}, None))
         sampled_at = values.pop("_sampled_at", None)
         if sampled_at is not None:
