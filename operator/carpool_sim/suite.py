@@ -4,16 +4,19 @@ Contract: `main(argv) -> int`:
 
 ```
 carpool sim suite [--scenarios DIR] [--short] [--json OUT] [--markdown OUT]
-                  [--processes N] [--only NAME[,NAME...]]
+                  [--processes N] [--only NAME[,NAME...]] [--seeds N]
 ```
 
 runs each scenario file of DIR (`carpool_sim.suite_scenario`, default `scenarios/`) at each of
 its rate scales (a *variant*), prints one table and exits 0; exit 2 with a one-line message for
 a folder or file it cannot use. `--short` runs every scenario at its first rate scale only, for
 at most `SHORT_SECONDS` of traffic: the suite's check in `make test`, not a result. Variants
-run in parallel on `--processes` processes (default 2).
+run in parallel on `--processes` processes (default 2). `--seeds N` runs every variant on N
+sample paths of its traffic (the file's seed, then the next N - 1; a recorded trace is the same
+on each, its synthetic streams and envelope draws are not) and adds a table of the spread.
 
-`run_variant(path, rate_scale, short)` is one variant, and deterministic (no clock reads; its
+`run_variant(path, rate_scale, short, seed=None)` is one variant on one sample path (the file's
+seed when None), and deterministic (no clock reads; its
 `seconds` field, the CPU time it took, is the one exception and is not part of the result).
 Each variant reports, for its policies:
 - `hpa-gpu`, `keda-queue`, `kpa`: at their documented defaults, and tuned (`carpool_sim.tuning`:
@@ -79,10 +82,11 @@ class Row:
 class Variant:
     """One scenario at one rate scale: its requests, targets and runs."""
 
-    def __init__(self, file: ScenarioFile, rate_scale: float, short: bool):
+    def __init__(self, file: ScenarioFile, rate_scale: float, short: bool, seed: int | None = None):
         duration = min(file.duration_seconds, SHORT_SECONDS) if short else None
         self.file, self.rate_scale, self.short = file, rate_scale, short
-        self.scenario: Scenario = file.build(rate_scale, duration)
+        self.seed = file.seed if seed is None else seed
+        self.scenario: Scenario = file.build(rate_scale, duration, self.seed)
         if not self.scenario.requests:
             raise ScenarioError(f"{file.path}: the traffic holds no requests")
         self.config = SimConfig()
@@ -182,9 +186,11 @@ def ladder(top: int) -> list[int]:
     return sorted(set(out) | {top})
 
 
-def run_variant(path: str, rate_scale: float, short: bool) -> dict[str, Any]:
+def run_variant(
+    path: str, rate_scale: float, short: bool, seed: int | None = None
+) -> dict[str, Any]:
     started = time.process_time()
-    variant = Variant(load_scenario_file(path), rate_scale, short)
+    variant = Variant(load_scenario_file(path), rate_scale, short, seed)
     count = variant.static_count()
     rows: list[Row] = []
     sweeps: dict[str, list[dict[str, Any]]] = {}
@@ -243,6 +249,8 @@ def _document(
         "scenario": file.name,
         "description": file.description,
         "rate_scale": variant.rate_scale,
+        "seed": variant.seed,
+        "file_seed": file.seed,
         "short": variant.short,
         "duration_seconds": scenario.duration_seconds,
         "profile": {
@@ -283,7 +291,10 @@ def _ratio(a: float, b: float | None) -> float | None:
     return None if b is None or b <= 0 else a / b
 
 
-def _run(task: tuple[str, float, bool]) -> dict[str, Any]:
+Task = tuple[str, float, bool, int]  # scenario file, rate scale, short, seed
+
+
+def _run(task: Task) -> dict[str, Any]:
     return run_variant(*task)
 
 
@@ -292,13 +303,15 @@ def run_suite(
     short: bool,
     processes: int,
     done: Callable[[dict[str, Any]], None] | None = None,
+    seeds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every variant of `files`, in file and rate order; the longest run first, so two
-    processes finish together."""
+    """Every variant of `files` on `seeds` sample paths, in file, rate and seed order; the
+    longest run first, so two processes finish together."""
     tasks = [
-        (str(f.path), scale, short)
+        (str(f.path), scale, short, f.seed + k)
         for f in files
         for scale in (f.rate_scales[:1] if short else f.rate_scales)
+        for k in range(seeds)
     ]
     order = {task: i for i, task in enumerate(tasks)}
     work = {task: _work(files, task) for task in tasks}
@@ -318,7 +331,7 @@ def run_suite(
     return [r for _, r in sorted(results, key=lambda x: x[0])]
 
 
-def _work(files: list[ScenarioFile], task: tuple[str, float, bool]) -> float:
+def _work(files: list[ScenarioFile], task: Task) -> float:
     """A cost estimate: traffic seconds times the rate scale times the endpoints."""
     file = next(f for f in files if str(f.path) == task[0])
     seconds = min(file.duration_seconds, SHORT_SECONDS) if task[2] else file.duration_seconds
@@ -342,6 +355,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="OUT", help="write the table as Markdown to OUT")
     p.add_argument("--processes", type=int, default=2, help="variants run at once (default 2)")
     p.add_argument("--only", help="comma-separated scenario names to run")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="sample paths per variant: the file's seed and the next ones (default 1)",
+    )
     return p
 
 
@@ -358,18 +377,22 @@ def main(argv: list[str] | None = None) -> int:
             files = [f for f in files if f.name in wanted]
         if args.processes < 1:
             raise ScenarioError("--processes: expected at least 1")
+        if args.seeds < 1:
+            raise ScenarioError("--seeds: expected at least 1")
     except ScenarioError as error:
         err.print(f"carpool sim suite: {error}", markup=False)
         return 2
 
     def done(result: dict[str, Any]) -> None:
-        err.print(f"{result['scenario']} x{result['rate_scale']:g}: "
+        err.print(f"{suite_report.variant_label(result)}: "
                   f"{result['seconds']:.0f} s CPU", markup=False)  # fmt: skip
 
-    results = run_suite(files, args.short, args.processes, done)
+    results = run_suite(files, args.short, args.processes, done, args.seeds)
     out = Console(width=None if Console().is_terminal else 200)
     out.print(suite_report.table(results))
     out.print(suite_report.summary_table(results))
+    if args.seeds > 1:
+        out.print(suite_report.spread_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.markdown:

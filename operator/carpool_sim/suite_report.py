@@ -12,10 +12,17 @@ order.
   the target, carpool does not), `cost` (more GPU-hours than the cheapest baseline that
   reaches it), `bound` (over `BOUND_GOAL` x the clairvoyant bound), `static` (over the
   scenario's `goal_vs_static` x static, where it sets one).
+- `spread_table(results)` and a third part of `markdown(results)`, where a variant ran on more
+  than one sample path (`--seeds`): per variant, over its seeds, how often carpool reached the
+  target and met every goal, its worst margin, and the range of its ratios. One sample path
+  can swing by a decision taken on the other side of a threshold; the spread says how much.
+- `variant_label(result)`: "code-trace x2", with the seed where it is not the file's.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from statistics import median
 from typing import Any
 
 from rich.table import Table
@@ -40,6 +47,12 @@ def goals(result: dict[str, Any]) -> list[str]:
 
 def _variant(result: dict[str, Any]) -> str:
     return f"{result['scenario']} x{result['rate_scale']:g}"
+
+
+def variant_label(result: dict[str, Any]) -> str:
+    seed = result.get("seed")
+    other_path = seed is not None and seed != result.get("file_seed", seed)
+    return _variant(result) + (f" seed {seed}" if other_path else "")
 
 
 def _short(name: str) -> str:
@@ -88,7 +101,7 @@ def _summary(result: dict[str, Any]) -> list[str]:
         else f"{best['policy']} {best['kind']} ({best['setting']}) {best['gpu_hours']:.2f}"
     )  # fmt: skip
     return [
-        _variant(result),
+        variant_label(result),
         _targets(result),
         cheapest,
         f"{rows['clairvoyant', 'bound']['gpu_hours']:.2f}",
@@ -109,6 +122,49 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+SPREAD_COLUMNS = [
+    "variant", "seeds", "carpool reached", "goals met", "worst margin",
+    "carpool / cheapest", "carpool / clairvoyant", "carpool / static",
+]  # fmt: skip
+
+
+def _by_variant(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        grouped[_variant(result)].append(result)
+    return grouped
+
+
+def _range(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    return f"{min(known):.2f}x .. {max(known):.2f}x (median {median(known):.2f}x)"
+
+
+def _spread(results: list[dict[str, Any]]) -> list[str]:
+    margins = [
+        next(r for r in result["rows"] if r["policy"] == "carpool")["margin"] for result in results
+    ]
+    n = len(results)
+    return [
+        _variant(results[0]),
+        ", ".join(str(r["seed"]) for r in results),
+        f"{sum(r['carpool']['reached'] for r in results)} of {n}",
+        f"{sum(not goals(r) for r in results)} of {n}",
+        f"{min(margins) * 100:+.2f} pp",
+        *(
+            _range([r["carpool"][key] for r in results])
+            for key in ("vs_cheapest", "vs_clairvoyant", "vs_static")
+        ),
+    ]
+
+
+def spread_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per variant that ran on more than one sample path."""
+    return [_spread(group) for group in _by_variant(results).values() if len(group) > 1]
+
+
 def table(results: list[dict[str, Any]]) -> Table:
     out = Table(title="policies per variant", header_style="bold")
     for column in POLICY_COLUMNS:
@@ -116,7 +172,8 @@ def table(results: list[dict[str, Any]]) -> Table:
     for result in results:
         rows = _rows(result)
         for i, row in enumerate(rows):
-            out.add_row(_variant(result) if i == 0 else "", *row, end_section=i == len(rows) - 1)
+            label = variant_label(result) if i == 0 else ""
+            out.add_row(label, *row, end_section=i == len(rows) - 1)
     return out
 
 
@@ -126,6 +183,15 @@ def summary_table(results: list[dict[str, Any]]) -> Table:
         out.add_column(column)
     for result in results:
         out.add_row(*_summary(result))
+    return out
+
+
+def spread_table(results: list[dict[str, Any]]) -> Table:
+    out = Table(title="carpool over the sample paths of each variant", header_style="bold")
+    for column in SPREAD_COLUMNS:
+        out.add_column(column)
+    for row in spread_rows(results):
+        out.add_row(*row)
     return out
 
 
@@ -139,9 +205,11 @@ def markdown(results: list[dict[str, Any]]) -> str:
     policy_rows = []
     for result in results:
         for i, row in enumerate(_rows(result)):
-            policy_rows.append([_variant(result) if i == 0 else "", *row])
+            policy_rows.append([variant_label(result) if i == 0 else "", *row])
+    spread = spread_rows(results)
     return (
         _markdown_table(SUMMARY_COLUMNS, [_summary(r) for r in results])
+        + ("\n" + _markdown_table(SPREAD_COLUMNS, spread) if spread else "")
         + "\n"
         + _markdown_table(POLICY_COLUMNS, policy_rows)
     )

@@ -22,11 +22,13 @@ traffic:                      # one entry per endpoint that gets traffic:
     envelope: {low: 0.16, high: 1.83, period_seconds: 86400}
 ```
 
-`ScenarioFile.build(rate_scale, duration_seconds=None)` returns the `Scenario` every policy of
-that run replays. At `rate_scale` x: recorded traces are compressed x times and looped to the
-duration (x times the load, same length; under an envelope, the envelope multiplies that);
-patterns run at x times their rates. A shorter `duration_seconds` (the suite's `--short`) also
-shrinks each envelope's period in proportion, so a short run still holds one whole swing.
+`ScenarioFile.build(rate_scale, duration_seconds=None, seed=None)` returns the `Scenario` every
+policy of that run replays; `seed` (default the file's) draws another sample path of the same
+traffic (the suite's `--seeds`). At `rate_scale` x: recorded traces are compressed x times and
+looped to the duration (x times the load, same length; under an envelope, the envelope
+multiplies that); patterns run at x times their rates. A shorter `duration_seconds` (the
+suite's `--short`) also shrinks each envelope's period in proportion, so a short run still
+holds one whole swing.
 Endpoints draw in the order the file lists them, from one generator seeded by `seed`.
 """
 
@@ -78,10 +80,12 @@ class ScenarioFile:
     traffic: dict[str, Pattern | Recorded] = field(default_factory=dict)
     goal_vs_static: float | None = None
 
-    def build(self, rate_scale: float, duration_seconds: float | None = None) -> Scenario:
+    def build(
+        self, rate_scale: float, duration_seconds: float | None = None, seed: int | None = None
+    ) -> Scenario:
         duration = duration_seconds or self.duration_seconds
         shrink = duration / self.duration_seconds
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.seed if seed is None else seed)
         traces: list[list[Request]] = []
         try:
             for endpoint, source in self.traffic.items():

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from carpool_sim.cli import main
-from carpool_sim.suite_report import markdown
+from carpool_sim.suite import run_suite
+from carpool_sim.suite_report import markdown, spread_rows, variant_label
+from carpool_sim.suite_scenario import load_scenario_file
+
+from .conftest import POOL_YAML, PROFILE
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
@@ -108,3 +112,21 @@ def test_the_markdown_has_a_row_per_policy_and_variant(results):
     lines = [line for line in markdown(results).splitlines() if line.startswith("| ")]
     # Two header rows, one summary row per variant, one row per policy and variant.
     assert len(lines) == 2 + len(results) + len(results) * len(EXPECTED)
+
+
+def test_seeds_run_each_variant_on_several_sample_paths_and_report_their_spread(tmp_path):
+    (tmp_path / "pool.yaml").write_text(POOL_YAML)
+    (tmp_path / "profile.json").write_text(json.dumps(PROFILE))
+    (tmp_path / "s.yaml").write_text(
+        "name: small\npool: pool.yaml\nprofile: profile.json\nduration_seconds: 120\n"
+        "seed: 5\ntraffic: {chat: 'poisson:rate=2'}\n"
+    )
+    file = load_scenario_file(tmp_path / "s.yaml")
+    results = run_suite([file], short=True, processes=1, seeds=2)
+    assert [r["seed"] for r in results] == [5, 6]
+    assert [variant_label(r) for r in results] == ["small x1", "small x1 seed 6"]
+    assert results[0]["requests"] != results[1]["requests"]  # another sample path
+    (row,) = spread_rows(results)
+    assert row[:2] == ["small x1", "5, 6"]
+    assert row[2].endswith("of 2")
+    assert spread_rows(results[:1]) == []  # one path: no spread to report

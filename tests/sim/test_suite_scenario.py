@@ -82,6 +82,15 @@ def test_the_same_file_builds_the_same_requests(folder):
     assert scenario.build(1.5).requests == scenario.build(1.5).requests
 
 
+def test_another_seed_draws_another_sample_path_of_the_same_traffic(folder):
+    scenario = load_scenario_file(write(folder, BASE + "traffic: {chat: 'poisson:rate=3'}\n"))
+    assert scenario.build(1, seed=3).requests == scenario.build(1).requests  # the file's seed
+    other = scenario.build(1, seed=4).requests
+    assert other != scenario.build(1).requests
+    # The same traffic: about the same number of requests (1,800 expected in 600 s).
+    assert abs(len(other) - len(scenario.build(1).requests)) < 300
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
