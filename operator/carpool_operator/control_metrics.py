@@ -48,6 +48,7 @@ import prometheus_client
 from carpool_operator.conditions import Condition
 from carpool_operator.metrics import REGISTRY
 from carpool_policy import Decision, Observation, PoolSpec
+from carpool_policy.explain import RULES
 
 POOL = ["namespace", "pool"]
 
@@ -245,28 +246,17 @@ def decision_action(
     return "retune" if retuned else "hold"
 
 
-DECISION_REASONS = (
-    "metrics_unavailable",  # Prometheus down, no samples or stale: hold
-    "series_missing",  # an endpoint's arrival rate is absent: no scale-down
-    "queue_wait_missing",  # an SLA endpoint has traffic but no queue-wait p95: no scale-down
-    "not_auto",  # Recommend or Manual mode: nothing applied
-    "capacity_limited",  # pods Pending for GPUs, or at replicas.max
-    "max_replicas",  # the model or the guard asks for more than replicas.max
-    "model_unbounded",  # the model's step up replaced by the measured ratio's
-    "model_pessimistic",  # the scale-down model anchored where the measurement contradicts it
-    "queue_breach",  # a measured queue-wait p95 over its budget: scale up
-    "queue_within_budget",  # the queue measured well inside its budget: no scale-up
-    "queue_not_low",  # the queue measured above the scale-down fraction: no scale-down
-    "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
-    "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
-    "stabilizing",  # scale-down held by the stabilization window
-    "scale_down_step",  # scale-down bounded per step and paced one step a minute
+# What drove a decision that no rule of the policy names (`decision_reason`'s fallbacks).
+DRIVERS = (
     "sla_missed",  # a measured p95 TTFT over its budget
     "sla_at_risk",  # a scale-up the model asks for while the SLA holds
     "load_fell",  # scale-down
     "load_changed",  # retune
     "steady",  # hold
 )
+# The label's values: every rule of the policy (explained where they are defined), then the
+# drivers.
+DECISION_REASONS = RULES + DRIVERS
 
 
 def decision_reason(spec: PoolSpec, decision: Decision, action: str) -> str:

@@ -180,10 +180,11 @@ def test_the_ledger_exports_cost_per_endpoint_and_drops_it_when_unknown(pool) ->
     assert _gauge("carpool_pool_gpu_hour_price", namespace="g", pool="cost") is None
 
 
-def test_every_rule_the_policy_names_is_a_decision_reason():
+def test_every_rule_the_policy_names_is_a_decision_reason_and_each_names_one_thing():
     from carpool_policy.explain import RULES
 
     assert set(RULES) <= set(DECISION_REASONS)
+    assert len(set(DECISION_REASONS)) == len(DECISION_REASONS)  # no driver named like a rule
 
 
 def test_the_first_rule_a_decision_names_is_its_reason(pool):
