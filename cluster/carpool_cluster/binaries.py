@@ -5,6 +5,8 @@ from the versions pinned below. The first call compiles them (tens of minutes on
 later calls return at once from ``~/.cache/carpool/bin/<pin>/`` (override with
 ``CARPOOL_CACHE_DIR``). Changing a pin changes the cache folder, so a stale binary is never
 reused. A failed build raises ``BuildError`` naming the tool and the tail of Go's output.
+Two processes may build at once (a test run beside a CI run): each builds into a file of its
+own and moves it into place atomically, so neither sees the other's half-written binary.
 
 Why build from source: this project's machines have no Docker engine (so no kind) and reach
 only the Go module proxy, not the release buckets. Every binary is a plain ``go build`` of the
@@ -18,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,21 +172,12 @@ def _build_kubernetes(work: Path, out: Binaries) -> None:
         if path.exists():
             continue
         _say(f"{command} {KUBERNETES_VERSION}: go build k8s.io/kubernetes/cmd/{command}")
-        tmp = path.with_suffix(".partial")
-        _run_go(
-            [
-                "build",
-                "-trimpath",
-                "-ldflags",
-                _kube_ldflags(),
-                "-o",
-                str(tmp),
-                f"k8s.io/kubernetes/cmd/{command}",
-            ],
+        _go_build(
+            path,
+            ["-ldflags", _kube_ldflags(), f"k8s.io/kubernetes/cmd/{command}"],
             folder,
             f"{command} {KUBERNETES_VERSION}",
         )
-        tmp.rename(path)
 
 
 def _build_module(
@@ -203,13 +197,22 @@ def _build_module(
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         _say(f"{path.name} {version}: go build {package}")
-        tmp = path.with_suffix(".partial")
-        _run_go(
-            ["build", "-trimpath", f"-tags={tags}", "-ldflags", ldflags, "-o", str(tmp), package],
-            folder,
-            f"{path.name} {version}",
+        _go_build(
+            path, [f"-tags={tags}", "-ldflags", ldflags, package], folder, f"{path.name} {version}"
         )
-        tmp.rename(path)
+
+
+def _go_build(path: Path, args: list[str], cwd: Path, what: str) -> None:
+    """`go build -trimpath -o path ARGS`, through a file of this process's own: a build
+    running beside it writes its own, and `os.replace` swaps the finished binary in whole."""
+    handle, name = tempfile.mkstemp(prefix=f"{path.name}.partial-", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        _run_go(["build", "-trimpath", "-o", str(tmp), *args], cwd, what)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def ensure_binaries() -> Binaries:

@@ -1,0 +1,64 @@
+"""Building a pinned binary: two builds of the same binary at once (a test run beside a CI
+run, sharing the cache) both succeed and leave one whole binary. `go` is a stand-in script here:
+the race is in how the output is moved into place, not in the compiler."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+from carpool_cluster import binaries
+
+FAKE_GO = """#!/bin/sh
+# go build -trimpath -o OUT ...: write OUT slowly, as a real build would take a while.
+while [ "$1" != "-o" ]; do shift; done
+sleep 0.3
+echo built > "$2"
+"""
+
+
+def test_two_builds_of_one_binary_at_once_both_succeed(tmp_path, monkeypatch):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    go = tools / "go"
+    go.write_text(FAKE_GO)
+    go.chmod(go.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    target = tmp_path / "bin" / "tool"
+    target.parent.mkdir()
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            binaries._go_build(target, ["example.com/tool"], tmp_path, "tool")
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert target.read_text() == "built\n"
+    assert [p.name for p in target.parent.iterdir()] == ["tool"]  # no half-built file left
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    go = tools / "go"
+    go.write_text("#!/bin/sh\necho 'compile error' >&2\nexit 1\n")
+    go.chmod(go.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    target = tmp_path / "tool"
+    try:
+        binaries._go_build(target, ["example.com/tool"], tmp_path, "tool")
+    except binaries.BuildError as error:
+        assert "compile error" in str(error)
+    else:
+        raise AssertionError("a failed build must raise BuildError")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tools"]
+    assert not Path(target).exists()
