@@ -16,8 +16,8 @@ sample paths of its traffic (the file's seed, then the next N - 1; a recorded tr
 on each, its synthetic streams and envelope draws are not) and adds a table of the spread.
 
 `run_variant(path, rate_scale, short, seed=None)` is one variant on one sample path (the file's
-seed when None), and deterministic (no clock reads; its
-`seconds` field, the CPU time it took, is the one exception and is not part of the result).
+seed when None), and deterministic (no clock reads; its `seconds` field, the CPU time it took,
+is the one exception and is not part of the result).
 Each variant reports, for its policies:
 - `hpa-gpu`, `keda-queue`, `kpa`: at their documented defaults, and tuned (`carpool_sim.tuning`:
   the cheapest swept setting that reaches the target);

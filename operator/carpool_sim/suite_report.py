@@ -1,21 +1,22 @@
 """The suite's tables: every policy of every variant, and carpool against issue 11's goals.
 
 Contract: each function takes the variant documents of `carpool_sim.suite.run_variant`, in
-order.
-- `table(results)` (rich) and the first half of `markdown(results)`: one row per policy and
-  variant: its setting, attainment per endpoint (an endpoint without an SLA attains when its
-  request completes), GPU-hours, and whether it reached the variant's target.
-- `summary_table(results)` and the second half of `markdown(results)`: per variant, the
-  cheapest baseline that reaches the target, the clairvoyant bound, static, carpool, carpool's
-  ratios to each, and the goals it misses (`goals(result)`).
+order. `markdown(results)` holds the summary, then the spread (where there is one), then the
+policies, as tables.
+- `table(results)` (rich) and the policies' Markdown table: one row per policy and variant:
+  its setting, attainment per endpoint (an endpoint without an SLA attains when its request
+  completes), GPU-hours, and whether it reached the variant's target.
+- `summary_table(results)` and the summary's Markdown table: per variant, the cheapest baseline
+  that reaches the target, the clairvoyant bound, static, carpool, carpool's ratios to each,
+  and the goals it misses (`goals(result)`).
 - `goals(result)` lists carpool's missed goals, each with its gap: `reach` (a baseline reaches
   the target, carpool does not), `cost` (more GPU-hours than the cheapest baseline that
   reaches it), `bound` (over `BOUND_GOAL` x the clairvoyant bound), `static` (over the
   scenario's `goal_vs_static` x static, where it sets one).
-- `spread_table(results)` and a third part of `markdown(results)`, where a variant ran on more
-  than one sample path (`--seeds`): per variant, over its seeds, how often carpool reached the
-  target and met every goal, its worst margin, and the range of its ratios. One sample path
-  can swing by a decision taken on the other side of a threshold; the spread says how much.
+- `spread_table(results)` and the spread's Markdown table, where a variant ran on more than one
+  sample path (`--seeds`): per variant, over its seeds, how often carpool reached the target
+  and met every goal, its worst margin, and the range of its ratios. One sample path can swing
+  by a decision taken on the other side of a threshold; the spread says how much.
 - `variant_label(result)`: "code-trace x2", with the seed where it is not the file's.
 """
 
