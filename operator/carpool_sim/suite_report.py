@@ -31,11 +31,14 @@ from rich.table import Table
 BOUND_GOAL = 1.3
 
 
+def _carpool_row(result: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in result["rows"] if r["policy"] == "carpool")
+
+
 def goals(result: dict[str, Any]) -> list[str]:
     carpool, missed = result["carpool"], []
     if result["cheapest"] is not None and not carpool["reached"]:
-        row = next(r for r in result["rows"] if r["policy"] == "carpool")
-        missed.append(f"reach ({row['margin'] * 100:+.2f} pp)")
+        missed.append(f"reach ({_carpool_row(result)['margin'] * 100:+.2f} pp)")
     if carpool["vs_cheapest"] is not None and carpool["vs_cheapest"] > 1.0:
         missed.append(f"cost {carpool['vs_cheapest']:.2f}x")
     if carpool["vs_clairvoyant"] is not None and carpool["vs_clairvoyant"] > BOUND_GOAL:
@@ -95,7 +98,7 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
 
 def _summary(result: dict[str, Any]) -> list[str]:
     rows = {(r["policy"], r["kind"]): r for r in result["rows"]}
-    carpool = rows["carpool", "policy"]
+    carpool = _carpool_row(result)
     best = result["cheapest"]
     cheapest = (
         "none" if best is None
@@ -144,9 +147,7 @@ def _range(values: list[float | None]) -> str:
 
 
 def _spread(results: list[dict[str, Any]]) -> list[str]:
-    margins = [
-        next(r for r in result["rows"] if r["policy"] == "carpool")["margin"] for result in results
-    ]
+    margins = [_carpool_row(result)["margin"] for result in results]
     n = len(results)
     return [
         _variant(results[0]),
