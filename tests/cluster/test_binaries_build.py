@@ -7,25 +7,37 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from pathlib import Path
+
+import pytest
 
 from carpool_cluster import binaries
 
-FAKE_GO = """#!/bin/sh
+SLOW_BUILD = """#!/bin/sh
 # go build -trimpath -o OUT ...: write OUT slowly, as a real build would take a while.
 while [ "$1" != "-o" ]; do shift; done
 sleep 0.3
 echo built > "$2"
 """
+FAILED_BUILD = "#!/bin/sh\necho 'compile error' >&2\nexit 1\n"
 
 
-def test_two_builds_of_one_binary_at_once_both_succeed(tmp_path, monkeypatch):
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    go = tools / "go"
-    go.write_text(FAKE_GO)
-    go.chmod(go.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+@pytest.fixture
+def fake_go(tmp_path, monkeypatch):
+    """Put a `go` running `script` first on PATH."""
+
+    def install(script: str) -> None:
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        go = tools / "go"
+        go.write_text(script)
+        go.chmod(go.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+
+    return install
+
+
+def test_two_builds_of_one_binary_at_once_both_succeed(tmp_path, fake_go):
+    fake_go(SLOW_BUILD)
     target = tmp_path / "bin" / "tool"
     target.parent.mkdir()
     errors: list[BaseException] = []
@@ -46,19 +58,10 @@ def test_two_builds_of_one_binary_at_once_both_succeed(tmp_path, monkeypatch):
     assert [p.name for p in target.parent.iterdir()] == ["tool"]  # no half-built file left
 
 
-def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    go = tools / "go"
-    go.write_text("#!/bin/sh\necho 'compile error' >&2\nexit 1\n")
-    go.chmod(go.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+def test_a_failed_build_leaves_nothing_behind(tmp_path, fake_go):
+    fake_go(FAILED_BUILD)
     target = tmp_path / "tool"
-    try:
+    with pytest.raises(binaries.BuildError, match="compile error"):
         binaries._go_build(target, ["example.com/tool"], tmp_path, "tool")
-    except binaries.BuildError as error:
-        assert "compile error" in str(error)
-    else:
-        raise AssertionError("a failed build must raise BuildError")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tools"]
-    assert not Path(target).exists()
+    assert not target.exists()
