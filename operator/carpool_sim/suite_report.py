@@ -40,13 +40,18 @@ def goals(result: dict[str, Any]) -> list[str]:
     if result["cheapest"] is not None and not carpool["reached"]:
         missed.append(f"reach ({_carpool_row(result)['margin'] * 100:+.2f} pp)")
     if carpool["vs_cheapest"] is not None and carpool["vs_cheapest"] > 1.0:
-        missed.append(f"cost {carpool['vs_cheapest']:.2f}x")
+        missed.append(f"cost {_over_one(carpool['vs_cheapest'])}")
     if carpool["vs_clairvoyant"] is not None and carpool["vs_clairvoyant"] > BOUND_GOAL:
         missed.append(f"bound {carpool['vs_clairvoyant']:.2f}x")
     goal = result.get("goal_vs_static")
     if goal is not None and carpool["vs_static"] is not None and carpool["vs_static"] > goal:
         missed.append(f"static {carpool['vs_static']:.2f}x > {goal:g}x")
     return missed
+
+
+def _over_one(ratio: float) -> str:
+    """A ratio over 1 that never prints as "1.00x": a miss by a hair shows its digits."""
+    return f"{ratio:.2f}x" if ratio >= 1.005 else f"{ratio:.4f}x"
 
 
 def _variant(result: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from carpool_sim.cli import main
 from carpool_sim.suite import run_suite
-from carpool_sim.suite_report import markdown, spread_rows, variant_label
+from carpool_sim.suite_report import goals, markdown, spread_rows, variant_label
 from carpool_sim.suite_scenario import load_scenario_file
 
 from .conftest import POOL_YAML, PROFILE
@@ -130,3 +130,16 @@ def test_seeds_run_each_variant_on_several_sample_paths_and_report_their_spread(
     assert row[:2] == ["small x1", "5, 6"]
     assert row[2].endswith("of 2")
     assert spread_rows(results[:1]) == []  # one path: no spread to report
+
+
+def test_a_cost_miss_by_a_hair_prints_its_digits_not_one():
+    """A ratio of 1.0004 is a miss; "cost 1.00x" would read as a goal met, listed anyway."""
+
+    def result(vs_cheapest: float) -> dict:
+        carpool = {"reached": True, "vs_cheapest": vs_cheapest}
+        carpool.update(vs_clairvoyant=1.0, vs_static=1.0)
+        return {"cheapest": {}, "carpool": carpool, "rows": []}
+
+    assert goals(result(1.0004)) == ["cost 1.0004x"]
+    assert goals(result(1.25)) == ["cost 1.25x"]
+    assert goals(result(1.0)) == []
