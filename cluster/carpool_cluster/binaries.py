@@ -195,7 +195,6 @@ def _build_module(
     for package, path in packages.items():
         if path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
         _say(f"{path.name} {version}: go build {package}")
         _go_build(
             path, [f"-tags={tags}", "-ldflags", ldflags, package], folder, f"{path.name} {version}"
@@ -204,7 +203,9 @@ def _build_module(
 
 def _go_build(path: Path, args: list[str], cwd: Path, what: str) -> None:
     """`go build -trimpath -o path ARGS`, through a file of this process's own: a build
-    running beside it writes its own, and `os.replace` swaps the finished binary in whole."""
+    running beside it writes its own, and `os.replace` swaps the finished binary in whole.
+    The folder is made first: on a fresh machine nothing has made it yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f"{path.name}.partial-", dir=path.parent)
     os.close(handle)
     tmp = Path(name)

@@ -1,6 +1,7 @@
-"""Building a pinned binary: two builds of the same binary at once (a test run beside a CI
-run, sharing the cache) both succeed and leave one whole binary. `go` is a stand-in script here:
-the race is in how the output is moved into place, not in the compiler."""
+"""Building a pinned binary: a build into a cache folder that does not exist yet (a fresh
+machine) makes it, and two builds of the same binary at once (a test run beside a CI run,
+sharing the cache) both succeed and leave one whole binary. `go` is a stand-in script here: what
+is tested is how the output is moved into place, not the compiler."""
 
 from __future__ import annotations
 
@@ -65,3 +66,10 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, fake_go):
         binaries._go_build(target, ["example.com/tool"], tmp_path, "tool")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tools"]
     assert not target.exists()
+
+
+def test_a_build_on_a_fresh_machine_makes_its_folder(tmp_path, fake_go):
+    fake_go(SLOW_BUILD)
+    target = tmp_path / "cache" / "bin" / "kubernetes-v1" / "tool"
+    binaries._go_build(target, ["example.com/tool"], tmp_path, "tool")
+    assert target.read_text() == "built\n"
