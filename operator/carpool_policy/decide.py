@@ -21,7 +21,8 @@ The stages, one module each:
               anchored where the measurement contradicts it (planner)
     guard     measured queue delay decides the direction and overrides the model; where the
               model calls the ready replicas overloaded but their queue was measured finite,
-              the measurement sizes the step (guard)
+              the measurement sizes the step (guard); a scale-down the guard lets stand stops
+              at the burst reserve, what the last hour's sustained peak rate needs (planner)
     damp      fast up, stabilized down, bounded steps (damping)
     explain   conditions and a reason naming every rule that acted (explain)
 """
@@ -40,6 +41,7 @@ from carpool_policy.guard import guard, measured_ratios, ratio_step
 from carpool_policy.planner import (
     Plan,
     anchor,
+    burst_reserve,
     limits_at,
     most_favourable_limits,
     pessimism_corrected,
@@ -73,6 +75,7 @@ class Step:
     plan: Plan | None
     capacity_limited: bool
     anchors: Mapping[str, tuple[float, float]]  # endpoint: (model's queue delay, measured)
+    reserve: int | None = None  # the burst reserve where it stopped a scale-down
 
     @property
     def loads(self) -> tuple[EndpointLoad, ...]:
@@ -110,6 +113,7 @@ def decide(
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
     pessimistic = False  # the scale-down model took the anchored level somewhere
+    down_loads = loads
     if profile is not None:
         # The step up is sized by the model anchored at the measured queue delay; the step down
         # by the model as it is, whose level errs on the side of capacity (a quiet minute is
@@ -129,6 +133,14 @@ def decide(
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
     unbounded = any(math.isinf(predicted) for predicted, _ in anchors.values())
     guarded = guard(up, down, current, estimates, observation, tuning, unbounded)
+    reserve = None
+    if profile is not None and guarded.down < current:
+        peaks = {name: e.sustained_peak for name, e in estimates.items()}
+        reserve = burst_reserve(down_loads, peaks, spec, profile, tuning, lowest)
+        if reserve > guarded.down:
+            guarded = replace(guarded, down=min(current, reserve))
+        else:
+            reserve = None
     # Where the measurement sized the step, the model's verdicts (the pool falls short, the
     # limits it would set for pods it calls overloaded) rest on a prediction it contradicts.
     model_trusted = "model_unbounded" not in guarded.rules
@@ -148,7 +160,13 @@ def decide(
     )
     # Named only where the guard let the scale-down it sized stand.
     rules = ["model_pessimistic"] if pessimistic and guarded.down < current else []
-    rules += list(guarded.rules) + list(damped.rules)
+    rules += list(guarded.rules)
+    # Named where the pool stopped at the reserve, not where damping stopped it short of it.
+    if reserve is not None and damped.replicas == min(current, reserve):
+        rules.append("burst_reserve")
+    else:
+        reserve = None
+    rules += list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
     if capacity_limited and replicas > current:
@@ -184,6 +202,7 @@ def decide(
         plan=chosen_plan,
         capacity_limited=capacity_limited,
         anchors=anchors,
+        reserve=reserve,
     )
     new_state = PolicyState(
         recommendations=damped.history,
@@ -192,6 +211,9 @@ def decide(
         last_observed_at=now,
         service_times={n: e.service_history for n, e in estimates.items() if e.service_history},
         token_means={load.name: (load.prompt_tokens, load.generated_tokens) for load in loads},
+        sustained_rates={
+            n: e.sustained_history for n, e in estimates.items() if e.sustained_history
+        },
     )
     return Decision(
         replicas=replicas,
@@ -234,6 +256,7 @@ def _estimate(observation, spec, state, now, tuning) -> dict[str, Estimate]:
             state.service_times.get(e.name, ()),
             now,
             tuning,
+            state.sustained_rates.get(e.name, ()),
         )
         for e in spec.endpoints
     }

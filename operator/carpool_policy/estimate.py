@@ -1,7 +1,7 @@
 """Stage 1, estimate: what each endpoint's observation says, in the terms the policy plans in.
 
-Contract (pure): `estimate(endpoint, observed, known_tokens, service_history, now, tuning)`
-returns one endpoint's `Estimate`:
+Contract (pure): `estimate(endpoint, observed, known_tokens, service_history, now, tuning,
+rate_history)` returns one endpoint's `Estimate`:
 - `load`, the `EndpointLoad` the model sizes for: the measured arrival rate, plus the queue
   beyond its steady-state length drained over `backlog_drain_seconds`; missing token means fall
   back to the last known, then to defaults;
@@ -19,6 +19,9 @@ returns one endpoint's `Estimate`:
   measured (the model's own service-time floor then stands in);
 - `unreachable`: `service_time` alone reaches the TTFT budget, so no replica count can meet it;
   the policy sizes for the queue part and says so;
+- `sustained_history`, an SLA endpoint's (minute start, rate sustained through that minute)
+  over `burst_memory_seconds` (`sustained_rates`), and `sustained_peak`, its highest: the rate
+  the pool may have to serve again before a new pod could start;
 - `prompt_mix`, the measured prompt lengths as (tokens, share): each bucket of the prompt-length
   histogram at its middle, scaled so that the mix's mean is the load's mean prompt (the exact
   one, from the token counter); empty when the histogram is missing or holds no requests.
@@ -48,6 +51,11 @@ class Estimate:
     unreachable: bool
     service_history: tuple[tuple[float, float], ...] = ()  # (time, p95) kept for the next call
     prompt_mix: tuple[tuple[float, float], ...] = ()  # (prompt tokens, share of the requests)
+    sustained_history: tuple[tuple[float, float], ...] = ()  # (minute start, sustained rate)
+
+    @property
+    def sustained_peak(self) -> float:
+        return max((rate for _, rate in self.sustained_history), default=0.0)
 
 
 def estimate(
@@ -57,8 +65,10 @@ def estimate(
     service_history: tuple[tuple[float, float], ...],
     now: float,
     tuning: Tuning,
+    rate_history: tuple[tuple[float, float], ...] = (),
 ) -> Estimate:
     rate = max(0.0, observed.arrival_rate_per_second or 0.0)
+    rate_missing = observed.arrival_rate_per_second is None
     history = tuple(
         (t, p) for t, p in service_history if now - tuning.service_time_memory_seconds <= t < now
     )
@@ -88,7 +98,7 @@ def estimate(
     return Estimate(
         load=load,
         observed_rate=rate,
-        rate_missing=observed.arrival_rate_per_second is None,
+        rate_missing=rate_missing,
         service_time_p95=observed.service_time_p95_seconds,
         service_time=service,
         queue_delay_p95=observed.queue_wait_p95_seconds,
@@ -96,7 +106,30 @@ def estimate(
         unreachable=unreachable,
         service_history=history,
         prompt_mix=prompt_mix(observed.prompt_length_buckets or (), prompt),
+        sustained_history=(
+            sustained_rates(rate_history, None if rate_missing else rate, now, tuning)
+            if endpoint.has_sla
+            else ()
+        ),
     )
+
+
+def sustained_rates(
+    history: Sequence[tuple[float, float]], rate: float | None, now: float, tuning: Tuning
+) -> tuple[tuple[float, float], ...]:
+    """(minute start, the lowest arrival rate measured in that minute) over the burst memory,
+    with `rate` (None: missing, nothing added) counted in the current minute. The lowest, not
+    the highest: each measurement is a rate over the rate window, so the lowest of a minute is
+    a rate that held for a minute and more, and a burst of seconds, which the queue absorbs
+    before any new pod could start, does not count."""
+    minute = math.floor(now / 60.0) * 60.0
+    kept = [(t, r) for t, r in history if now - tuning.burst_memory_seconds < t <= minute]
+    if rate is not None:
+        if kept and kept[-1][0] == minute:
+            kept[-1] = (minute, min(kept[-1][1], rate))
+        else:
+            kept.append((minute, rate))
+    return tuple(kept)
 
 
 def prompt_mix(

@@ -6,7 +6,9 @@ whether the targets are met; when even `highest` replicas cannot meet them the p
 `highest` with the throughput classes' shares shrunk (`shrunk` names them).
 `anchor` gives the loads the scale-up plans for (the model's level taken from the measured
 queue delay), `pessimism_corrected` the loads the scale-down plans for (the model as it is,
-anchored only where the measurement contradicts it).
+anchored only where the measurement contradicts it). `burst_reserve` is the fewest replicas a
+scale-down may leave: those that would keep each SLA endpoint's queueing within its whole TTFT
+budget at the highest rate it sustained over the burst memory.
 
 Limits, at the chosen replica count:
 - an SLA endpoint gets all the batch slots its bounds allow (a burst admitted at once costs a
@@ -131,6 +133,35 @@ def pessimism_corrected(
         )
         corrected.append(anchored_load if contradicted else load)
     return tuple(corrected)
+
+
+def burst_reserve(
+    loads: Sequence[EndpointLoad],
+    peaks: Mapping[str, float],
+    spec: PoolSpec,
+    profile: Profile,
+    tuning: Tuning,
+    lowest: int,
+) -> int:
+    """The fewest replicas in [lowest, spec.max_replicas] at which every SLA endpoint, at the
+    highest rate it sustained over the burst memory (`peaks`, req/s) and never less than its
+    load now, keeps its planned queueing within its whole TTFT budget (its queue budget where
+    it has no TTFT budget). A pool sized for the queue budget at a quiet rate can meet a step
+    back to that peak only with pods that take a start-up to come; this many serve it with a
+    longer queue but not a growing one. Throughput classes are left out: they can wait."""
+    at_peak = tuple(
+        replace(
+            load,
+            arrival_rate=max(load.arrival_rate, peaks.get(load.name, 0.0)),
+            queue_budget_seconds=max(load.budget_seconds or 0.0, load.queue_budget_seconds or 0.0)
+            or None,
+        )
+        for load in loads
+        if load.has_sla
+    )
+    if not at_peak:
+        return lowest
+    return plan(at_peak, spec, profile, tuning, 1.0, lowest, spec.max_replicas).replicas
 
 
 def limits_at(

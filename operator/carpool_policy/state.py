@@ -27,6 +27,9 @@ class PolicyState:
     service_times: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     # Per endpoint, the last known (mean prompt tokens, mean generated tokens).
     token_means: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Per SLA endpoint, (minute start, the rate sustained through that minute) over the burst
+    # memory (`estimate.sustained_rates`).
+    sustained_rates: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class PolicyState:
             "lastObservedAt": self.last_observed_at,
             "serviceTimes": {k: [[t, p] for t, p in v] for k, v in self.service_times.items()},
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
+            "sustainedRates": {k: [[t, r] for t, r in v] for k, v in self.sustained_rates.items()},
         }
 
     @classmethod
@@ -58,6 +62,10 @@ class PolicyState:
                 token_means={
                     str(k): (float(v[0]), float(v[1]))
                     for k, v in (data.get("tokenMeans") or {}).items()
+                },
+                sustained_rates={
+                    str(k): tuple((float(t), float(r)) for t, r in v)
+                    for k, v in (data.get("sustainedRates") or {}).items()
                 },
             )
         except (TypeError, ValueError, IndexError, AttributeError):

@@ -50,6 +50,11 @@ class Tuning:
     # it a step a minute, not its whole size before the traffic returns.
     max_scale_down_fraction: float = 0.25
     scale_down_period_seconds: float = 60.0
+    # A scale-down stops where the highest arrival rate sustained over this long would still
+    # find the pool's queueing within each SLA endpoint's whole TTFT budget (`burst_reserve`):
+    # a step back up to a recent rate is then absorbed by the pods that serve, not by a queue
+    # that grows for a pod's start-up.
+    burst_memory_seconds: float = 3600.0
     # Token lengths assumed for an endpoint that has never been measured.
     default_prompt_tokens: float = 512.0
     default_generated_tokens: float = 128.0

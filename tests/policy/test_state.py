@@ -15,6 +15,7 @@ FULL = PolicyState(
     last_observed_at=115.0,
     service_times={"inline": ((1.0, 0.25), (16.0, 0.3))},
     token_means={"inline": (2048.0, 28.0)},
+    sustained_rates={"inline": ((60.0, 4.5), (120.0, 5.25))},
 )
 
 

@@ -1,0 +1,91 @@
+"""The burst reserve: a scale-down stops where the highest arrival rate an SLA endpoint
+sustained over the last hour would still find its queueing within the whole TTFT budget.
+
+A quiet spell between two flash crowds must not leave the pool too small for the next one:
+pods take a start-up to come, and the requests of that start-up queue behind the pods that
+serve. Bursts of seconds do not count (the queue absorbs them before any pod could start), and
+a peak older than the memory is forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from carpool_policy import DEFAULT_TUNING, PolicyState, decide
+from carpool_policy.estimate import sustained_rates
+
+
+def quiet_after(w, peak: float | None, peak_age: float = 1200.0) -> PolicyState:
+    """Ten minutes of recommendations for 1 replica (a scale-down may go ahead), the service
+    time measured, and, unless `peak` is None, a minute `peak_age` ago that sustained `peak`."""
+    times = range(int(w.NOW) - 600, int(w.NOW), 15)
+    minute = math.floor((w.NOW - peak_age) / 60.0) * 60.0
+    return PolicyState(
+        recommendations=tuple((float(t), 1) for t in times),
+        last_observed_at=w.NOW - 15,
+        service_times={"inline": tuple((w.NOW - 60 - 15 * k, 0.3) for k in range(3))},
+        sustained_rates={} if peak is None else {"inline": ((minute, peak), (w.NOW - 60, 1.0))},
+    )
+
+
+def quiet(w, replicas: int = 12):
+    return w.observe(replicas=replicas, inline=w.traffic(rate=1.0, queue=0.05, service=0.3))
+
+
+def test_a_quiet_spell_after_a_sustained_peak_scales_down_no_further_than_the_peak_needs(w):
+    spec = w.spec(max_replicas=32)
+    forgetful = decide(quiet(w), spec, quiet_after(w, None), w.NOW, w.profile)
+    assert forgetful.replicas == 9  # a quarter of 12: nothing remembered
+    after_peak = decide(quiet(w), spec, quiet_after(w, 80.0), w.NOW, w.profile)
+    assert after_peak.replicas > 9
+    assert "burst_reserve" in after_peak.rules
+    assert "at the highest rate sustained over the last 60 min (inline 80.00 req/s)" in (
+        after_peak.reason
+    )
+
+
+def test_the_reserve_is_not_named_where_damping_stopped_the_pool_short_of_it(w):
+    # 10 req/s needs 2 replicas; the scale-down of 12 stops at 9 by its step bound alone.
+    decision = decide(quiet(w), w.spec(max_replicas=32), quiet_after(w, 10.0), w.NOW, w.profile)
+    assert decision.replicas == 9
+    assert "burst_reserve" not in decision.rules
+    assert "burst reserve" not in decision.reason
+
+
+def test_a_peak_older_than_the_burst_memory_is_forgotten(w):
+    old = DEFAULT_TUNING.burst_memory_seconds + 120
+    decision = decide(
+        quiet(w), w.spec(max_replicas=32), quiet_after(w, 80.0, old), w.NOW, w.profile
+    )
+    assert decision.replicas == 9
+    assert "burst_reserve" not in decision.rules
+    assert all(t > w.NOW - old for t, _ in decision.state.sustained_rates["inline"])
+
+
+def test_the_reserve_only_stops_a_scale_down_it_never_adds_replicas(w):
+    decision = decide(
+        quiet(w, replicas=2), w.spec(max_replicas=32), quiet_after(w, 80.0), w.NOW, w.profile
+    )
+    assert decision.replicas <= 2
+    assert "burst_reserve" in decision.rules  # it held the pool at 2
+
+
+def test_a_burst_of_seconds_does_not_count_as_a_sustained_rate():
+    minute = 60.0 * 1000
+    seen = sustained_rates((), 2.0, minute + 5, DEFAULT_TUNING)
+    seen = sustained_rates(seen, 10.0, minute + 20, DEFAULT_TUNING)  # a 60 s rate spikes
+    seen = sustained_rates(seen, 2.5, minute + 40, DEFAULT_TUNING)
+    assert seen == ((minute, 2.0),)  # the minute sustained 2 req/s, not 10
+    held = sustained_rates(seen, 10.0, minute + 65, DEFAULT_TUNING)  # the next minute
+    assert held == ((minute, 2.0), (minute + 60, 10.0))
+    assert sustained_rates(held, None, minute + 70, DEFAULT_TUNING) == held  # missing: nothing
+
+
+def test_the_decision_keeps_the_sustained_rates_for_the_next_one(w):
+    decision = decide(quiet(w), w.spec(), quiet_after(w, 80.0), w.NOW, w.profile)
+    kept = decision.state.sustained_rates["inline"]
+    assert max(rate for _, rate in kept) == 80.0
+    assert kept[-1] == (math.floor(w.NOW / 60.0) * 60.0, 1.0)
+    assert "offline" not in decision.state.sustained_rates  # no SLA: no reserve to size
+    assert replace(decision.state, sustained_rates={}).sustained_rates == {}
