@@ -21,8 +21,9 @@ The stages, one module each:
               anchored where the measurement contradicts it (planner)
     guard     measured queue delay decides the direction and overrides the model; where the
               model calls the ready replicas overloaded but their queue was measured finite,
-              the measurement sizes the step (guard); a scale-down the guard lets stand stops
-              at the burst reserve, what the last hour's sustained peak rate needs (planner)
+              the measurement sizes the step (guard); with a profile, a scale-down the guard
+              lets stand stops at the burst reserve, what the last hour's sustained peak rate
+              needs (planner), unless the pool has no traffic at all
     damp      fast up, stabilized down, bounded steps (damping)
     explain   conditions and a reason naming every rule that acted (explain)
 """
@@ -133,14 +134,16 @@ def decide(
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
     unbounded = any(math.isinf(predicted) for predicted, _ in anchors.values())
     guarded = guard(up, down, current, estimates, observation, tuning, unbounded)
+    # An idle pool keeps no reserve: `replicas.min` (0 allows scale-to-zero) says what a pool
+    # without traffic should hold, and an hour-old peak does not.
     reserve = None
-    if profile is not None and guarded.down < current:
+    if profile is not None and busy and guarded.down < current:
         peaks = {name: e.sustained_peak for name, e in estimates.items()}
         reserve = burst_reserve(down_loads, peaks, spec, profile, tuning, lowest)
         if reserve > guarded.down:
             guarded = replace(guarded, down=min(current, reserve))
         else:
-            reserve = None
+            reserve = None  # the scale-down stands as the guard let it
     # Where the measurement sized the step, the model's verdicts (the pool falls short, the
     # limits it would set for pods it calls overloaded) rest on a prediction it contradicts.
     model_trusted = "model_unbounded" not in guarded.rules
@@ -158,14 +161,13 @@ def decide(
         tuning,
         state.last_scale_down_at,
     )
-    # Named only where the guard let the scale-down it sized stand.
-    rules = ["model_pessimistic"] if pessimistic and guarded.down < current else []
+    # The reserve is named where the pool stopped at it, not where damping stopped the pool
+    # short of it; the pessimism correction only where the scale-down it sized stood.
+    reserved = reserve is not None and damped.replicas == min(current, reserve)
+    rules = ["model_pessimistic"] if pessimistic and guarded.down < current and not reserved else []
     rules += list(guarded.rules)
-    # Named where the pool stopped at the reserve, not where damping stopped it short of it.
-    if reserve is not None and damped.replicas == min(current, reserve):
+    if reserved:
         rules.append("burst_reserve")
-    else:
-        reserve = None
     rules += list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
@@ -202,7 +204,7 @@ def decide(
         plan=chosen_plan,
         capacity_limited=capacity_limited,
         anchors=anchors,
-        reserve=reserve,
+        reserve=reserve if reserved else None,
     )
     new_state = PolicyState(
         recommendations=damped.history,

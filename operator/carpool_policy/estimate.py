@@ -1,7 +1,7 @@
 """Stage 1, estimate: what each endpoint's observation says, in the terms the policy plans in.
 
 Contract (pure): `estimate(endpoint, observed, known_tokens, service_history, now, tuning,
-rate_history)` returns one endpoint's `Estimate`:
+sustained_history)` returns one endpoint's `Estimate`:
 - `load`, the `EndpointLoad` the model sizes for: the measured arrival rate, plus the queue
   beyond its steady-state length drained over `backlog_drain_seconds`; missing token means fall
   back to the last known, then to defaults;
@@ -65,7 +65,7 @@ def estimate(
     service_history: tuple[tuple[float, float], ...],
     now: float,
     tuning: Tuning,
-    rate_history: tuple[tuple[float, float], ...] = (),
+    sustained_history: tuple[tuple[float, float], ...] = (),
 ) -> Estimate:
     rate = max(0.0, observed.arrival_rate_per_second or 0.0)
     rate_missing = observed.arrival_rate_per_second is None
@@ -107,23 +107,28 @@ def estimate(
         service_history=history,
         prompt_mix=prompt_mix(observed.prompt_length_buckets or (), prompt),
         sustained_history=(
-            sustained_rates(rate_history, None if rate_missing else rate, now, tuning)
+            sustained_rates(sustained_history, None if rate_missing else rate, now, tuning)
             if endpoint.has_sla
             else ()
         ),
     )
 
 
+SUSTAINED_BUCKET_SECONDS = 60.0
+
+
 def sustained_rates(
     history: Sequence[tuple[float, float]], rate: float | None, now: float, tuning: Tuning
 ) -> tuple[tuple[float, float], ...]:
     """(minute start, the lowest arrival rate measured in that minute) over the burst memory,
-    with `rate` (None: missing, nothing added) counted in the current minute. The lowest, not
-    the highest: each measurement is a rate over the rate window, so the lowest of a minute is
-    a rate that held for a minute and more, and a burst of seconds, which the queue absorbs
-    before any new pod could start, does not count."""
-    minute = math.floor(now / 60.0) * 60.0
-    kept = [(t, r) for t, r in history if now - tuning.burst_memory_seconds < t <= minute]
+    oldest first, with `rate` (None: missing, nothing added) counted in the current minute.
+    The lowest, not the highest: each measurement is a rate over the rate window (a minute), so
+    the lowest of a minute's measurements held through more than a minute, and a burst of
+    seconds, which the queue absorbs before any new pod could start, counts only as its share
+    of the window, not as its own rate. A minute measured once (a control interval of a minute
+    or more) counts that measurement as it is."""
+    minute = math.floor(now / SUSTAINED_BUCKET_SECONDS) * SUSTAINED_BUCKET_SECONDS
+    kept = sorted((t, r) for t, r in history if now - tuning.burst_memory_seconds < t <= minute)
     if rate is not None:
         if kept and kept[-1][0] == minute:
             kept[-1] = (minute, min(kept[-1][1], rate))

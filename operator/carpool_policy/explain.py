@@ -213,13 +213,14 @@ def reason_for(
                 + ")"
             )
     if step.reserve is not None:
+        # The rate the reserve planned for: the peak, or the load now where that is higher.
         peaks = ", ".join(
-            f"{name} {e.sustained_peak:.2f} req/s"
+            f"{name} {max(e.sustained_peak, e.load.arrival_rate):.2f} req/s"
             for name, e in step.estimates.items()
             if e.load.has_sla
         )
         parts.append(
-            f"burst reserve {step.reserve} replicas: queue delay within the TTFT budget at the "
+            f"burst reserve {step.reserve} replicas: queue delay within each TTFT budget at the "
             f"highest rate sustained over the last {tuning.burst_memory_seconds / 60:g} min "
             f"({peaks})"
         )

@@ -145,10 +145,12 @@ def burst_reserve(
 ) -> int:
     """The fewest replicas in [lowest, spec.max_replicas] at which every SLA endpoint, at the
     highest rate it sustained over the burst memory (`peaks`, req/s) and never less than its
-    load now, keeps its planned queueing within its whole TTFT budget (its queue budget where
-    it has no TTFT budget). A pool sized for the queue budget at a quiet rate can meet a step
-    back to that peak only with pods that take a start-up to come; this many serve it with a
-    longer queue but not a growing one. Throughput classes are left out: they can wait."""
+    load now, keeps its planned queueing within its whole TTFT budget, with no headroom. Where
+    `loads` carry a larger queue budget (no TTFT budget, or the scale-down model's budget
+    anchored at the measurement, `pessimism_corrected`), that one. A pool sized for the queue
+    budget at a quiet rate can meet a step back to that peak only with pods that take a
+    start-up to come; this many serve it with a longer queue but not a growing one. Throughput
+    classes are left out: they can wait."""
     at_peak = tuple(
         replace(
             load,

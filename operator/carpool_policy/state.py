@@ -3,11 +3,14 @@
 Contract: `PolicyState.from_dict(state.to_dict()) == state`, and `from_dict` of anything it
 cannot read (None, a foreign dict, a field of the wrong type) yields the empty state rather than
 raising, because the operator stores it in an annotation that a person may have edited. An empty
-state is always safe: the policy then behaves as on its first call.
+state is always safe in that the policy then behaves as on its first call: it waits a whole
+stabilization window before any scale-down, but it has forgotten the peaks that the burst
+reserve holds replicas for, and sizes that reserve from the rates it measures from then on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +67,8 @@ class PolicyState:
                     for k, v in (data.get("tokenMeans") or {}).items()
                 },
                 sustained_rates={
-                    str(k): tuple((float(t), float(r)) for t, r in v)
+                    # An edited infinite rate would make the reserve plan for it: dropped.
+                    str(k): tuple((float(t), float(r)) for t, r in v if math.isfinite(float(r)))
                     for k, v in (data.get("sustainedRates") or {}).items()
                 },
             )

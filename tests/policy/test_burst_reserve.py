@@ -9,23 +9,31 @@ a peak older than the memory is forgotten.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import replace
 
 from carpool_policy import DEFAULT_TUNING, PolicyState, decide
 from carpool_policy.estimate import sustained_rates
+
+MINUTE = 60.0
+
+
+def minute_of(t: float) -> float:
+    return math.floor(t / MINUTE) * MINUTE
 
 
 def quiet_after(w, peak: float | None, peak_age: float = 1200.0) -> PolicyState:
     """Ten minutes of recommendations for 1 replica (a scale-down may go ahead), the service
     time measured, and, unless `peak` is None, a minute `peak_age` ago that sustained `peak`."""
     times = range(int(w.NOW) - 600, int(w.NOW), 15)
-    minute = math.floor((w.NOW - peak_age) / 60.0) * 60.0
+    last_minute = minute_of(w.NOW - MINUTE)
     return PolicyState(
         recommendations=tuple((float(t), 1) for t in times),
         last_observed_at=w.NOW - 15,
         service_times={"inline": tuple((w.NOW - 60 - 15 * k, 0.3) for k in range(3))},
-        sustained_rates={} if peak is None else {"inline": ((minute, peak), (w.NOW - 60, 1.0))},
+        sustained_rates={}
+        if peak is None
+        else {"inline": ((minute_of(w.NOW - peak_age), peak), (last_minute, 1.0))},
     )
 
 
@@ -49,6 +57,7 @@ def test_the_reserve_is_not_named_where_damping_stopped_the_pool_short_of_it(w):
     # 10 req/s needs 2 replicas; the scale-down of 12 stops at 9 by its step bound alone.
     decision = decide(quiet(w), w.spec(max_replicas=32), quiet_after(w, 10.0), w.NOW, w.profile)
     assert decision.replicas == 9
+    assert decision.recommended_replicas == 2  # the reserve raised the recommendation from 1
     assert "burst_reserve" not in decision.rules
     assert "burst reserve" not in decision.reason
 
@@ -60,19 +69,54 @@ def test_a_peak_older_than_the_burst_memory_is_forgotten(w):
     )
     assert decision.replicas == 9
     assert "burst_reserve" not in decision.rules
-    assert all(t > w.NOW - old for t, _ in decision.state.sustained_rates["inline"])
+    assert 80.0 not in [rate for _, rate in decision.state.sustained_rates["inline"]]
+
+
+def test_the_memory_keeps_the_minutes_of_the_last_hour():
+    now = 60.0 * 1000 + 30
+    memory = DEFAULT_TUNING.burst_memory_seconds
+    history = ((minute_of(now - memory), 9.0), (minute_of(now - memory) + MINUTE, 8.0))
+    assert sustained_rates(history, 1.0, now, DEFAULT_TUNING) == (
+        (minute_of(now - memory) + MINUTE, 8.0),
+        (minute_of(now), 1.0),
+    )
 
 
 def test_the_reserve_only_stops_a_scale_down_it_never_adds_replicas(w):
     decision = decide(
         quiet(w, replicas=2), w.spec(max_replicas=32), quiet_after(w, 80.0), w.NOW, w.profile
     )
-    assert decision.replicas <= 2
+    assert decision.replicas == 2
     assert "burst_reserve" in decision.rules  # it held the pool at 2
 
 
+def test_a_peak_beyond_the_largest_pool_holds_the_pool_it_has(w):
+    decision = decide(quiet(w), w.spec(max_replicas=14), quiet_after(w, 400.0), w.NOW, w.profile)
+    assert decision.replicas == 12
+    assert "burst_reserve" in decision.rules
+
+
+def test_an_idle_pool_keeps_no_reserve(w):
+    # No traffic at all: replicas.min says what an idle pool holds, not an hour-old peak.
+    idle = w.observe(
+        replicas=12, inline=w.traffic(rate=0.0, queue=None, ttft=None), offline=w.traffic(0.0)
+    )
+    decision = decide(idle, w.spec(max_replicas=32), quiet_after(w, 80.0), w.NOW, w.profile)
+    assert decision.replicas == 9
+    assert "burst_reserve" not in decision.rules
+
+
+def test_a_missing_rate_neither_scales_down_nor_loses_the_peaks(w):
+    missing = w.observe(replicas=12, inline=w.traffic(rate=None, queue=0.05, service=0.3))
+    state = quiet_after(w, 80.0)
+    decision = decide(missing, w.spec(max_replicas=32), state, w.NOW, w.profile)
+    assert decision.replicas == 12
+    assert "series_missing" in decision.rules
+    assert decision.state.sustained_rates["inline"] == state.sustained_rates["inline"]
+
+
 def test_a_burst_of_seconds_does_not_count_as_a_sustained_rate():
-    minute = 60.0 * 1000
+    minute = MINUTE * 1000
     seen = sustained_rates((), 2.0, minute + 5, DEFAULT_TUNING)
     seen = sustained_rates(seen, 10.0, minute + 20, DEFAULT_TUNING)  # a 60 s rate spikes
     seen = sustained_rates(seen, 2.5, minute + 40, DEFAULT_TUNING)
@@ -86,6 +130,7 @@ def test_the_decision_keeps_the_sustained_rates_for_the_next_one(w):
     decision = decide(quiet(w), w.spec(), quiet_after(w, 80.0), w.NOW, w.profile)
     kept = decision.state.sustained_rates["inline"]
     assert max(rate for _, rate in kept) == 80.0
-    assert kept[-1] == (math.floor(w.NOW / 60.0) * 60.0, 1.0)
+    assert kept[-1] == (minute_of(w.NOW), 1.0)
     assert "offline" not in decision.state.sustained_rates  # no SLA: no reserve to size
-    assert replace(decision.state, sustained_rates={}).sustained_rates == {}
+    stored = json.loads(json.dumps(decision.state.to_dict()))  # the operator's annotation
+    assert PolicyState.from_dict(stored).sustained_rates == decision.state.sustained_rates

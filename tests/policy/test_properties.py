@@ -38,6 +38,19 @@ def states(draw, now):
                 sorted(draw(st.lists(st.tuples(st.floats(now - 900, now), rates), max_size=4)))
             )
         },
+        # Peaks up to 400 req/s (more than 12 pods serve): the burst reserve at every size.
+        sustained_rates={
+            "inline": tuple(
+                sorted(
+                    draw(
+                        st.lists(
+                            st.tuples(st.floats(now - 3600, now), st.floats(0.0, 400.0)),
+                            max_size=4,
+                        )
+                    )
+                )
+            )
+        },
     )
 
 

@@ -23,6 +23,12 @@ def test_state_round_trips_through_json():
     assert PolicyState.from_dict(json.loads(json.dumps(FULL.to_dict()))) == FULL
 
 
+def test_an_edited_infinite_sustained_rate_is_dropped_not_planned_for():
+    edited = FULL.to_dict()
+    edited["sustainedRates"] = {"inline": [[60.0, "inf"], [120.0, 5.25]]}
+    assert PolicyState.from_dict(edited).sustained_rates == {"inline": ((120.0, 5.25),)}
+
+
 @pytest.mark.parametrize(
     "damaged",
     [None, "text", {}, {"schema": "carpool.dev/policy-state/v1", "recommendations": [["x"]]}],
