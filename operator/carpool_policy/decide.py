@@ -138,10 +138,10 @@ def decide(
     # without traffic should hold, and an hour-old peak does not.
     reserve = None
     if profile is not None and busy and guarded.down < current:
-        peaks = {name: e.sustained_peak for name, e in estimates.items()}
-        reserve = burst_reserve(down_loads, peaks, spec, profile, tuning, lowest)
+        rates = {name: e.reserve_rate for name, e in estimates.items()}
+        reserve = burst_reserve(down_loads, rates, spec, profile, tuning, guarded.down, current)
         if reserve > guarded.down:
-            guarded = replace(guarded, down=min(current, reserve))
+            guarded = replace(guarded, down=reserve)
         else:
             reserve = None  # the scale-down stands as the guard let it
     # Where the measurement sized the step, the model's verdicts (the pool falls short, the

@@ -20,8 +20,9 @@ sustained_history)` returns one endpoint's `Estimate`:
 - `unreachable`: `service_time` alone reaches the TTFT budget, so no replica count can meet it;
   the policy sizes for the queue part and says so;
 - `sustained_history`, an SLA endpoint's (minute start, rate sustained through that minute)
-  over `burst_memory_seconds` (`sustained_rates`), and `sustained_peak`, its highest: the rate
-  the pool may have to serve again before a new pod could start;
+  over `burst_memory_seconds` (`sustained_rates`), and `reserve_rate`, the rate the burst
+  reserve plans for: its highest, or the load now where that is higher (the rate the pool may
+  have to serve again before a new pod could start);
 - `prompt_mix`, the measured prompt lengths as (tokens, share): each bucket of the prompt-length
   histogram at its middle, scaled so that the mix's mean is the load's mean prompt (the exact
   one, from the token counter); empty when the histogram is missing or holds no requests.
@@ -54,8 +55,9 @@ class Estimate:
     sustained_history: tuple[tuple[float, float], ...] = ()  # (minute start, sustained rate)
 
     @property
-    def sustained_peak(self) -> float:
-        return max((rate for _, rate in self.sustained_history), default=0.0)
+    def reserve_rate(self) -> float:
+        peak = max((rate for _, rate in self.sustained_history), default=0.0)
+        return max(peak, self.load.arrival_rate)
 
 
 def estimate(

@@ -213,9 +213,8 @@ def reason_for(
                 + ")"
             )
     if step.reserve is not None:
-        # The rate the reserve planned for: the peak, or the load now where that is higher.
         peaks = ", ".join(
-            f"{name} {max(e.sustained_peak, e.load.arrival_rate):.2f} req/s"
+            f"{name} {e.reserve_rate:.2f} req/s"
             for name, e in step.estimates.items()
             if e.load.has_sla
         )

@@ -137,15 +137,17 @@ def pessimism_corrected(
 
 def burst_reserve(
     loads: Sequence[EndpointLoad],
-    peaks: Mapping[str, float],
+    rates: Mapping[str, float],
     spec: PoolSpec,
     profile: Profile,
     tuning: Tuning,
     lowest: int,
+    highest: int,
 ) -> int:
-    """The fewest replicas in [lowest, spec.max_replicas] at which every SLA endpoint, at the
-    highest rate it sustained over the burst memory (`peaks`, req/s) and never less than its
-    load now, keeps its planned queueing within its whole TTFT budget, with no headroom. Where
+    """The fewest replicas in [lowest, highest] at which every SLA endpoint, at its rate in
+    `rates` (req/s: the highest it sustained over the burst memory, `Estimate.reserve_rate`),
+    keeps its planned queueing within its whole TTFT budget, with no headroom; `highest` where
+    none does (a scale-down from `highest` to `lowest` only needs to know where to stop). Where
     `loads` carry a larger queue budget (no TTFT budget, or the scale-down model's budget
     anchored at the measurement, `pessimism_corrected`), that one. A pool sized for the queue
     budget at a quiet rate can meet a step back to that peak only with pods that take a
@@ -154,7 +156,7 @@ def burst_reserve(
     at_peak = tuple(
         replace(
             load,
-            arrival_rate=max(load.arrival_rate, peaks.get(load.name, 0.0)),
+            arrival_rate=rates.get(load.name, load.arrival_rate),
             queue_budget_seconds=max(load.budget_seconds or 0.0, load.queue_budget_seconds or 0.0)
             or None,
         )
@@ -163,7 +165,7 @@ def burst_reserve(
     )
     if not at_peak:
         return lowest
-    return plan(at_peak, spec, profile, tuning, 1.0, lowest, spec.max_replicas).replicas
+    return plan(at_peak, spec, profile, tuning, 1.0, lowest, highest).replicas
 
 
 def limits_at(

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from carpool_policy import EndpointLimits, EndpointObservation, Observation, PoolSpec, Profile
+from carpool_policy import (
+    EndpointLimits,
+    EndpointObservation,
+    Observation,
+    PolicyState,
+    PoolSpec,
+    Profile,
+)
 
 NOW = 1_700_000_000.0
 
@@ -117,6 +124,14 @@ def observe(
     )
 
 
+def steady_history(replicas: int, now: float, seconds: int = 600) -> PolicyState:
+    """A state whose recommendations have said `replicas` for `seconds`, every 15 s."""
+    times = range(int(now) - seconds, int(now), 15)
+    return PolicyState(
+        recommendations=tuple((float(t), replicas) for t in times), last_observed_at=now - 15
+    )
+
+
 class World:
     """The builders, handed to tests as the `w` fixture (test modules cannot import conftest)."""
 
@@ -125,6 +140,7 @@ class World:
     spec = staticmethod(pool_spec)
     traffic = staticmethod(traffic)
     observe = staticmethod(observe)
+    steady_history = staticmethod(steady_history)
     profile = h100_like_profile()
 
 

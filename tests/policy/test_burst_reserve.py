@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 from carpool_policy import DEFAULT_TUNING, PolicyState, decide
 from carpool_policy.estimate import sustained_rates
@@ -25,11 +26,9 @@ def minute_of(t: float) -> float:
 def quiet_after(w, peak: float | None, peak_age: float = 1200.0) -> PolicyState:
     """Ten minutes of recommendations for 1 replica (a scale-down may go ahead), the service
     time measured, and, unless `peak` is None, a minute `peak_age` ago that sustained `peak`."""
-    times = range(int(w.NOW) - 600, int(w.NOW), 15)
     last_minute = minute_of(w.NOW - MINUTE)
-    return PolicyState(
-        recommendations=tuple((float(t), 1) for t in times),
-        last_observed_at=w.NOW - 15,
+    return replace(
+        w.steady_history(1, w.NOW),
         service_times={"inline": tuple((w.NOW - 60 - 15 * k, 0.3) for k in range(3))},
         sustained_rates={}
         if peak is None

@@ -9,14 +9,6 @@ import pytest
 from carpool_policy import EndpointLimits, Observation, PolicyState, decide
 
 
-def steady_history(replicas: int, now: float, seconds: int = 600) -> PolicyState:
-    """A state whose recommendations have said `replicas` for `seconds`, every 15 s."""
-    times = range(int(now) - seconds, int(now), 15)
-    return PolicyState(
-        recommendations=tuple((float(t), replicas) for t in times), last_observed_at=now - 15
-    )
-
-
 @pytest.mark.parametrize(
     ("case", "observation_change", "reason"),
     [
@@ -30,7 +22,7 @@ def test_unusable_metrics_hold_replicas_and_limits(w, case, observation_change, 
     if observation_change.get("sampled_at") == -3600:
         observation_change = {"sampled_at": w.NOW - 3600}
     observation = Observation(**{**base.__dict__, **observation_change})
-    decision = decide(observation, w.spec(), steady_history(1, w.NOW), w.NOW, profile=w.profile)
+    decision = decide(observation, w.spec(), w.steady_history(1, w.NOW), w.NOW, profile=w.profile)
     assert decision.replicas == 6
     assert decision.limits == w.IN_FORCE
     assert decision.condition("MetricsAvailable").reason == reason
@@ -39,7 +31,7 @@ def test_unusable_metrics_hold_replicas_and_limits(w, case, observation_change, 
 
 def test_missing_arrival_series_never_scales_down(w):
     observation = w.observe(replicas=8, inline=w.traffic(rate=None, ttft=None))
-    decision = decide(observation, w.spec(), steady_history(1, w.NOW), w.NOW, profile=w.profile)
+    decision = decide(observation, w.spec(), w.steady_history(1, w.NOW), w.NOW, profile=w.profile)
     assert decision.replicas == 8
     assert decision.condition("MetricsAvailable").reason == "SeriesMissing"
 
@@ -83,7 +75,7 @@ def test_recent_high_recommendation_holds_scale_down(w):
 
 def test_scale_down_after_the_window_is_bounded_per_decision(w):
     observation = w.observe(replicas=12, inline=w.traffic(rate=1.0))
-    decision = decide(observation, w.spec(), steady_history(1, w.NOW), w.NOW, profile=w.profile)
+    decision = decide(observation, w.spec(), w.steady_history(1, w.NOW), w.NOW, profile=w.profile)
     assert decision.replicas == 12 - 3  # a quarter of 12
 
 
@@ -91,7 +83,7 @@ def test_scale_down_steps_at_most_once_a_minute(w):
     # A quiet spell must not take the pool from 12 to 1 in the minute before traffic returns:
     # it shrinks no faster than its pods could come back.
     observation = w.observe(replicas=12, inline=w.traffic(rate=1.0))
-    history = steady_history(1, w.NOW)
+    history = w.steady_history(1, w.NOW)
     just_stepped = replace(history, last_scale_down_at=w.NOW - 15)
     paced = decide(observation, w.spec(), just_stepped, w.NOW, profile=w.profile)
     assert paced.replicas == 12
@@ -110,7 +102,7 @@ def test_load_inside_the_hysteresis_band_holds(w):
     # One replica more than the targets need is inside the band: no scale-down.
     observation = w.observe(replicas=planned + 1, inline=w.traffic(20.0))
     decision = decide(
-        observation, w.spec(), steady_history(planned + 1, w.NOW), w.NOW, profile=w.profile
+        observation, w.spec(), w.steady_history(planned + 1, w.NOW), w.NOW, profile=w.profile
     )
     assert decision.replicas == planned + 1
 
@@ -157,7 +149,7 @@ def test_without_a_profile_an_idle_pool_goes_to_its_minimum(w):
     observation = w.observe(
         replicas=3, inline=w.traffic(0.0, ttft=None), offline=w.traffic(0.0, ttft=None)
     )
-    decision = decide(observation, w.spec(), steady_history(1, w.NOW), w.NOW)
+    decision = decide(observation, w.spec(), w.steady_history(1, w.NOW), w.NOW)
     assert decision.replicas == 2  # one step of a quarter, at least one
 
 
@@ -169,7 +161,7 @@ def test_replicas_outside_the_spec_are_brought_inside(w):
 
 def test_repeating_the_same_decision_reports_no_change(w):
     observation = w.observe(replicas=4, inline=w.traffic(rate=10.0))
-    first = decide(observation, w.spec(), steady_history(4, w.NOW), w.NOW, profile=w.profile)
+    first = decide(observation, w.spec(), w.steady_history(4, w.NOW), w.NOW, profile=w.profile)
     again = Observation(
         **{
             **observation.__dict__,
