@@ -320,10 +320,13 @@ def test_burst_scales_up_within_two_intervals_and_the_sla_is_met_again(
             wait_for("the clients' p95 TTFT back within the SLA", sla_met_again, 75)
         except AssertionError as error:
             raise AssertionError(f"{error}; {p95_timeline(outcomes)}") from None
-        # The prompt mix the policy prices prefill over, read by the operator's own PromQL.
+        # The prompt mix the policy prices prefill over, and the burst window's arrivals the
+        # burst reserve keeps pods for, read by the operator's own PromQL.
         seen = fetch_pool_metrics(PrometheusAccess(loop.prometheus_url))[(loop.namespace, pool)]
         mixes = [e.prompt_length_buckets for e in seen.endpoints.values()]
         assert any(sum(rate for _, rate in mix or ()) > 0 for mix in mixes), mixes
+        bursts = [e.burst_arrival_rate_per_second for e in seen.endpoints.values()]
+        assert any((rate or 0.0) > 0 for rate in bursts), bursts
         traffic.join(timeout=120)
     ok = sum(1 for o in outcomes if o.status == 200)
     assert ok >= 0.95 * len(outcomes), f"only {ok} of {len(outcomes)} requests succeeded"

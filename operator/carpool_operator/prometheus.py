@@ -31,7 +31,7 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from requests import RequestException
 from urllib3.util.retry import Retry
 
-from carpool_policy import EndpointObservation
+from carpool_policy import BURST_WINDOW_SECONDS, EndpointObservation
 from carpool_replica.buckets import PROMPT_MIX_WINDOW_SECONDS
 
 BY = "namespace, pool, endpoint"
@@ -102,8 +102,14 @@ def queries(window: str) -> dict[str, str]:
     """The PromQL of each signal; keys are ``EndpointObservation`` fields, ``USAGE`` fields and
     bookkeeping (``_sampled_at``)."""
 
-    def rate(metric: str, match: str = "") -> str:
-        return f"sum by ({BY}) (rate({metric}{match}[{window}]))"
+    def rate(metric: str, match: str = "", over: str = window) -> str:
+        return f"sum by ({BY}) (rate({metric}{match}[{over}]))"
+
+    def arrivals(over: str) -> str:
+        # Arrivals = requests whose prefill started + requests turned away at the door.
+        started = rate("carpool_queue_wait_seconds_count", over=over)
+        rejected = rate("carpool_requests_total", '{outcome="rejected"}', over)
+        return f"{started} + ({rejected} or {started} * 0)"
 
     def ledger(metric: str) -> str:
         return f"sum by ({BY}) (rate({metric}[{LEDGER_WINDOW}]))"
@@ -116,8 +122,9 @@ def queries(window: str) -> dict[str, str]:
     started = rate("carpool_queue_wait_seconds_count")
     rejected = rate("carpool_requests_total", '{outcome="rejected"}')
     return {
-        # Arrivals = requests whose prefill started + requests turned away at the door.
-        "arrival_rate_per_second": f"{started} + ({rejected} or {started} * 0)",
+        "arrival_rate_per_second": arrivals(window),
+        # The same over the burst window: a burst that the rate window's mean dilutes.
+        "burst_arrival_rate_per_second": arrivals(f"{BURST_WINDOW_SECONDS:g}s"),
         "mean_prompt_tokens": f"{rate('carpool_prompt_tokens_total')} / {started}",
         "mean_generated_tokens": (
             f"{rate('carpool_generated_tokens_total')} / "

@@ -8,6 +8,7 @@ from carpool_policy.decide import decide
 from carpool_policy.state import PolicyState
 from carpool_policy.tuning import DEFAULT_TUNING, Tuning
 from carpool_policy.types import (
+    BURST_WINDOW_SECONDS,
     Condition,
     Decision,
     EndpointLimits,
@@ -22,6 +23,7 @@ from carpool_policy.types import (
 from carpool_replica.profile import Profile, ProfileError
 
 __all__ = [
+    "BURST_WINDOW_SECONDS",
     "DEFAULT_TUNING",
     "Condition",
     "Decision",

@@ -23,7 +23,7 @@ The stages, one module each:
               model calls the ready replicas overloaded but their queue was measured finite,
               the measurement sizes the step (guard); with a profile, a scale-down the guard
               lets stand stops at the burst reserve, what the last hour's sustained peak rate
-              needs (planner), unless the pool has no traffic at all
+              and its busiest burst window need (planner), unless the pool has no traffic
     damp      fast up, stabilized down, bounded steps (damping)
     explain   conditions and a reason naming every rule that acted (explain)
 """
@@ -138,8 +138,11 @@ def decide(
     # without traffic should hold, and an hour-old peak does not.
     reserve = None
     if profile is not None and busy and guarded.down < current:
-        rates = {name: e.reserve_rate for name, e in estimates.items()}
-        reserve = burst_reserve(down_loads, rates, spec, profile, tuning, guarded.down, current)
+        sustained = {name: e.reserve_rate for name, e in estimates.items()}
+        bursts = {name: e.burst_rate for name, e in estimates.items()}
+        reserve = burst_reserve(
+            down_loads, sustained, bursts, spec, profile, tuning, guarded.down, current
+        )
         if reserve > guarded.down:
             guarded = replace(guarded, down=reserve)
         else:
@@ -216,6 +219,7 @@ def decide(
         sustained_rates={
             n: e.sustained_history for n, e in estimates.items() if e.sustained_history
         },
+        peak_rates={n: e.peak_history for n, e in estimates.items() if e.peak_history},
     )
     return Decision(
         replicas=replicas,
@@ -259,6 +263,7 @@ def _estimate(observation, spec, state, now, tuning) -> dict[str, Estimate]:
             now,
             tuning,
             state.sustained_rates.get(e.name, ()),
+            state.peak_rates.get(e.name, ()),
         )
         for e in spec.endpoints
     }

@@ -1,7 +1,7 @@
 """Stage 1, estimate: what each endpoint's observation says, in the terms the policy plans in.
 
 Contract (pure): `estimate(endpoint, observed, known_tokens, service_history, now, tuning,
-sustained_history)` returns one endpoint's `Estimate`:
+sustained_history, peak_history)` returns one endpoint's `Estimate`:
 - `load`, the `EndpointLoad` the model sizes for: the measured arrival rate, plus the queue
   beyond its steady-state length drained over `backlog_drain_seconds`; missing token means fall
   back to the last known, then to defaults;
@@ -23,6 +23,9 @@ sustained_history)` returns one endpoint's `Estimate`:
   over `burst_memory_seconds` (`sustained_rates`), and `reserve_rate`, the rate the burst
   reserve plans for: its highest, or the load now where that is higher (the rate the pool may
   have to serve again before a new pod could start);
+- `peak_history`, an SLA endpoint's (minute start, the highest rate measured in that minute over
+  a burst window or the rate window) over the same memory (`peak_rates`), and `burst_rate`,
+  its highest or the load now: the burst the pool must serve as it comes;
 - `prompt_mix`, the measured prompt lengths as (tokens, share): each bucket of the prompt-length
   histogram at its middle, scaled so that the mix's mean is the load's mean prompt (the exact
   one, from the token counter); empty when the histogram is missing or holds no requests.
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from carpool_policy.capacity import EndpointLoad
@@ -53,10 +56,16 @@ class Estimate:
     service_history: tuple[tuple[float, float], ...] = ()  # (time, p95) kept for the next call
     prompt_mix: tuple[tuple[float, float], ...] = ()  # (prompt tokens, share of the requests)
     sustained_history: tuple[tuple[float, float], ...] = ()  # (minute start, sustained rate)
+    peak_history: tuple[tuple[float, float], ...] = ()  # (minute start, peak burst rate)
 
     @property
     def reserve_rate(self) -> float:
         peak = max((rate for _, rate in self.sustained_history), default=0.0)
+        return max(peak, self.load.arrival_rate)
+
+    @property
+    def burst_rate(self) -> float:
+        peak = max((rate for _, rate in self.peak_history), default=0.0)
         return max(peak, self.load.arrival_rate)
 
 
@@ -68,6 +77,7 @@ def estimate(
     now: float,
     tuning: Tuning,
     sustained_history: tuple[tuple[float, float], ...] = (),
+    peak_history: tuple[tuple[float, float], ...] = (),
 ) -> Estimate:
     rate = max(0.0, observed.arrival_rate_per_second or 0.0)
     rate_missing = observed.arrival_rate_per_second is None
@@ -113,6 +123,9 @@ def estimate(
             if endpoint.has_sla
             else ()
         ),
+        peak_history=(
+            peak_rates(peak_history, _peak(observed), now, tuning) if endpoint.has_sla else ()
+        ),
     )
 
 
@@ -125,18 +138,48 @@ def sustained_rates(
     """(minute start, the lowest arrival rate measured in that minute) over the burst memory,
     oldest first, with `rate` (None: missing, nothing added) counted in the current minute.
     The lowest, not the highest: each measurement is a rate over the rate window (a minute), so
-    the lowest of a minute's measurements held through more than a minute, and a burst of
-    seconds, which the queue absorbs before any new pod could start, counts only as its share
-    of the window, not as its own rate. A minute measured once (a control interval of a minute
-    or more) counts that measurement as it is."""
+    the lowest of a minute's measurements held through more than a minute, and a shorter burst
+    counts only as its share of the window, not as its own rate (`peak_rates` keeps those). A
+    minute measured once (a control interval of a minute or more) counts that measurement as
+    it is."""
+    return _by_minute(history, rate, now, tuning, min)
+
+
+def peak_rates(
+    history: Sequence[tuple[float, float]], rate: float | None, now: float, tuning: Tuning
+) -> tuple[tuple[float, float], ...]:
+    """(minute start, the highest arrival rate measured in that minute) over the burst memory,
+    oldest first, with `rate` (None: missing, nothing added) counted in the current minute."""
+    return _by_minute(history, rate, now, tuning, max)
+
+
+def _by_minute(
+    history: Sequence[tuple[float, float]],
+    rate: float | None,
+    now: float,
+    tuning: Tuning,
+    keep: Callable[[float, float], float],
+) -> tuple[tuple[float, float], ...]:
     minute = math.floor(now / SUSTAINED_BUCKET_SECONDS) * SUSTAINED_BUCKET_SECONDS
     kept = sorted((t, r) for t, r in history if now - tuning.burst_memory_seconds < t <= minute)
     if rate is not None:
         if kept and kept[-1][0] == minute:
-            kept[-1] = (minute, min(kept[-1][1], rate))
+            kept[-1] = (minute, keep(kept[-1][1], rate))
         else:
             kept.append((minute, rate))
     return tuple(kept)
+
+
+def _peak(observed: EndpointObservation) -> float | None:
+    """The higher of the burst-window and the rate-window arrival rates; None when neither was
+    measured. The busiest burst window inside a rate window is at least as busy as the whole
+    window, so the rate window's rate is a lower bound where the burst series is missing."""
+    rates = [
+        max(0.0, r)
+        for r in (observed.burst_arrival_rate_per_second, observed.arrival_rate_per_second)
+        if r is not None
+    ]
+    return max(rates, default=None)
 
 
 def prompt_mix(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from carpool_policy.tuning import Tuning
 from carpool_policy.types import (
+    BURST_WINDOW_SECONDS,
     Condition,
     EndpointLimits,
     EndpointObservation,
@@ -38,7 +39,7 @@ RULES = (
     "queue_breach",  # measured queue delay p95 over its budget: scale up, whatever the model says
     "queue_within_budget",  # measured queue delay within the headroom: the model may not scale up
     "queue_not_low",  # measured queue delay above the quiet fraction: no scale-down
-    "burst_reserve",  # scale-down stops at what the last hour's sustained peak rate needs
+    "burst_reserve",  # scale-down stops at what the last hour's peak rate and bursts need
     "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
     "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
     "stabilizing",  # scale-down held by the stabilization window
@@ -214,14 +215,15 @@ def reason_for(
             )
     if step.reserve is not None:
         peaks = ", ".join(
-            f"{name} {e.reserve_rate:.2f} req/s"
+            f"{name} {e.reserve_rate:.2f} req/s sustained, {e.burst_rate:.2f} in "
+            f"{BURST_WINDOW_SECONDS:g} s"
             for name, e in step.estimates.items()
             if e.load.has_sla
         )
         parts.append(
             f"burst reserve {step.reserve} replicas: queue delay within each TTFT budget at the "
-            f"highest rate sustained over the last {tuning.burst_memory_seconds / 60:g} min "
-            f"({peaks})"
+            f"highest rate sustained over the last {tuning.burst_memory_seconds / 60:g} min, "
+            f"and its busiest {BURST_WINDOW_SECONDS:g} s served as they come ({peaks})"
         )
     if step.damping_note:
         parts.append(step.damping_note)

@@ -8,7 +8,8 @@ whether the targets are met; when even `highest` replicas cannot meet them the p
 queue delay), `pessimism_corrected` the loads the scale-down plans for (the model as it is,
 anchored only where the measurement contradicts it). `burst_reserve` is the fewest replicas a
 scale-down may leave: those that would keep each SLA endpoint's queueing within its whole TTFT
-budget at the highest rate it sustained over the burst memory.
+budget at the highest rate it sustained over the burst memory, and admit its busiest burst
+window over that memory as it comes.
 
 Limits, at the chosen replica count:
 - an SLA endpoint gets all the batch slots its bounds allow (a burst admitted at once costs a
@@ -37,7 +38,13 @@ from carpool_policy.capacity import (
     queue_target,
 )
 from carpool_policy.tuning import Tuning
-from carpool_policy.types import EndpointLimits, EndpointSpec, IntRange, PoolSpec
+from carpool_policy.types import (
+    BURST_WINDOW_SECONDS,
+    EndpointLimits,
+    EndpointSpec,
+    IntRange,
+    PoolSpec,
+)
 from carpool_replica.profile import Profile
 
 
@@ -137,26 +144,32 @@ def pessimism_corrected(
 
 def burst_reserve(
     loads: Sequence[EndpointLoad],
-    rates: Mapping[str, float],
+    sustained: Mapping[str, float],
+    bursts: Mapping[str, float],
     spec: PoolSpec,
     profile: Profile,
     tuning: Tuning,
     lowest: int,
     highest: int,
 ) -> int:
-    """The fewest replicas in [lowest, highest] at which every SLA endpoint, at its rate in
-    `rates` (req/s: the highest it sustained over the burst memory, `Estimate.reserve_rate`),
-    keeps its planned queueing within its whole TTFT budget, with no headroom; `highest` where
-    none does (a scale-down from `highest` to `lowest` only needs to know where to stop). Where
-    `loads` carry a larger queue budget (no TTFT budget, or the scale-down model's budget
-    anchored at the measurement, `pessimism_corrected`), that one. A pool sized for the queue
-    budget at a quiet rate can meet a step back to that peak only with pods that take a
-    start-up to come; this many serve it with a longer queue but not a growing one. Throughput
-    classes are left out: they can wait."""
+    """The fewest replicas in [lowest, highest] at which every SLA endpoint
+    - at its rate in `sustained` (req/s: the highest it sustained over the burst memory,
+      `Estimate.reserve_rate`) keeps its planned queueing within its whole TTFT budget, with no
+      headroom. Where `loads` carry a larger queue budget (no TTFT budget, or the scale-down
+      model's budget anchored at the measurement, `pessimism_corrected`), that one. A pool
+      sized for the queue budget at a quiet rate can meet a step back to that peak only with
+      pods that take a start-up to come; this many serve it with a longer queue but not a
+      growing one;
+    - at its rate in `bursts` (its busiest burst window over the memory, `Estimate.burst_rate`)
+      is served as it comes: the pods' admission (prefill) stays within `max_utilization`
+      (`burst_absorbed`). A burst of a burst window builds a queue that the TTFT budget drains
+      only if it is a small part of the window, and a pod asked for in the burst comes after it.
+    `highest` where none does (a scale-down from `highest` to `lowest` only needs to know where
+    to stop). Throughput classes are left out: they can wait."""
     at_peak = tuple(
         replace(
             load,
-            arrival_rate=rates.get(load.name, load.arrival_rate),
+            arrival_rate=sustained.get(load.name, load.arrival_rate),
             queue_budget_seconds=max(load.budget_seconds or 0.0, load.queue_budget_seconds or 0.0)
             or None,
         )
@@ -165,7 +178,27 @@ def burst_reserve(
     )
     if not at_peak:
         return lowest
-    return plan(at_peak, spec, profile, tuning, 1.0, lowest, highest).replicas
+    queueing = plan(at_peak, spec, profile, tuning, 1.0, lowest, highest).replicas
+    in_bursts = tuple(
+        replace(load, arrival_rate=burst_absorbed(bursts.get(load.name, 0.0), load))
+        for load in at_peak
+    )
+    endpoints = {e.name: e for e in spec.endpoints}
+    limits = most_favourable_limits(in_bursts, endpoints)
+    for replicas in range(queueing, highest + 1):
+        result = forecast(in_bursts, limits, replicas, profile, tuning)
+        if result.admission_utilization <= tuning.max_utilization:
+            return replicas
+    return highest
+
+
+def burst_absorbed(burst_rate: float, load: EndpointLoad) -> float:
+    """The rate the pods must admit through a burst of `burst_rate` lasting a burst window, for
+    the last of it to wait no longer than the TTFT budget (the arrivals of the window served
+    within the window plus the budget), and at least the load's own rate."""
+    allowance = load.budget_seconds or load.queue_budget_seconds or 0.0
+    absorbed = burst_rate * BURST_WINDOW_SECONDS / (BURST_WINDOW_SECONDS + allowance)
+    return max(load.arrival_rate, absorbed)
 
 
 def limits_at(

@@ -33,6 +33,9 @@ class PolicyState:
     # Per SLA endpoint, (minute start, the rate sustained through that minute) over the burst
     # memory (`estimate.sustained_rates`).
     sustained_rates: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    # Per SLA endpoint, (minute start, the highest rate measured over a burst window in that
+    # minute) over the burst memory (`estimate.peak_rates`).
+    peak_rates: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,7 +46,8 @@ class PolicyState:
             "lastObservedAt": self.last_observed_at,
             "serviceTimes": {k: [[t, p] for t, p in v] for k, v in self.service_times.items()},
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
-            "sustainedRates": {k: [[t, r] for t, r in v] for k, v in self.sustained_rates.items()},
+            "sustainedRates": _minute_rates_dict(self.sustained_rates),
+            "peakRates": _minute_rates_dict(self.peak_rates),
         }
 
     @classmethod
@@ -66,11 +70,8 @@ class PolicyState:
                     str(k): (float(v[0]), float(v[1]))
                     for k, v in (data.get("tokenMeans") or {}).items()
                 },
-                sustained_rates={
-                    # An edited infinite rate would make the reserve plan for it: dropped.
-                    str(k): tuple((float(t), float(r)) for t, r in v if math.isfinite(float(r)))
-                    for k, v in (data.get("sustainedRates") or {}).items()
-                },
+                sustained_rates=_minute_rates(data.get("sustainedRates")),
+                peak_rates=_minute_rates(data.get("peakRates")),
             )
         except (TypeError, ValueError, IndexError, AttributeError):
             return cls()
@@ -78,3 +79,15 @@ class PolicyState:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _minute_rates_dict(rates: Mapping[str, tuple[tuple[float, float], ...]]) -> dict[str, Any]:
+    return {k: [[t, r] for t, r in v] for k, v in rates.items()}
+
+
+def _minute_rates(data: Any) -> dict[str, tuple[tuple[float, float], ...]]:
+    # An edited infinite rate would make the reserve plan for it: dropped.
+    return {
+        str(k): tuple((float(t), float(r)) for t, r in v if math.isfinite(float(r)))
+        for k, v in (data or {}).items()
+    }

@@ -18,6 +18,12 @@ from typing import Any
 
 from carpool_policy.state import PolicyState
 
+# The short window of `EndpointObservation.burst_arrival_rate_per_second`: the control interval's
+# default. Longer than any TTFT budget can queue, so a burst that lasts it must be served as it
+# comes (`planner.burst_reserve`); short enough that a Prometheus scraping the workers every
+# 5 s still holds samples in it.
+BURST_WINDOW_SECONDS = 15.0
+
 
 class SpecError(ValueError):
     """An InferencePool spec that cannot be parsed; the message names the field."""
@@ -109,6 +115,9 @@ class EndpointObservation:
     """
 
     arrival_rate_per_second: float | None = None
+    # The same arrivals over the last `BURST_WINDOW_SECONDS` only: a burst that a minute's
+    # mean dilutes.
+    burst_arrival_rate_per_second: float | None = None
     mean_prompt_tokens: float | None = None
     mean_generated_tokens: float | None = None
     # arrival to the step that begins the prefill: what replicas and limits change
@@ -189,6 +198,7 @@ class Decision:
 
 
 __all__ = [
+    "BURST_WINDOW_SECONDS",
     "Condition",
     "Decision",
     "EndpointLimits",

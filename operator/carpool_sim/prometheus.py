@@ -10,7 +10,8 @@ Contract:
 - `observation(...)` builds the policy's `Observation` the way the operator does from PromQL:
   per endpoint, rates over the window, p95s (queue wait, service time, TTFT) from histogram
   increases over the window, the prompt mix over `PROMPT_MIX_WINDOW_SECONDS` (as far back as
-  the samples go), gauges from the newest scrape.
+  the samples go), the arrival rate again over `BURST_WINDOW_SECONDS`, gauges from the newest
+  scrape.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from carpool_policy import EndpointLimits, EndpointObservation, Observation
+from carpool_policy import BURST_WINDOW_SECONDS, EndpointLimits, EndpointObservation, Observation
 from carpool_replica.buckets import (
     PROMPT_MIX_WINDOW_SECONDS,
     PROMPT_TOKEN_BUCKETS,
@@ -68,12 +69,19 @@ class Prometheus:
 
 
 def endpoint_observation(
-    name: str, older: Sample, newest: Sample, mix_older: Sample, quantile: float = 0.95
+    name: str,
+    older: Sample,
+    newest: Sample,
+    mix_older: Sample,
+    burst_older: Sample,
+    quantile: float = 0.95,
 ) -> EndpointObservation:
-    """Rates and p95s over (older, newest); the prompt mix over (mix_older, newest)."""
+    """Rates and p95s over (older, newest); the prompt mix over (mix_older, newest); the
+    burst window's arrival rate over (burst_older, newest)."""
     empty = EndpointSeries()
     a, b = older.series.get(name, empty), newest.series.get(name, empty)
     span = newest.time - older.time
+    burst_a = burst_older.series.get(name, empty)
     mix_counts = b.prompt_length.counts - mix_older.series.get(name, empty).prompt_length.counts
     mix_span = newest.time - mix_older.time
     started = b.queue_wait.counts.sum() - a.queue_wait.counts.sum()
@@ -81,7 +89,8 @@ def endpoint_observation(
     ok = b.requests["ok"] - a.requests["ok"]
     return EndpointObservation(
         # As the operator's PromQL: arrivals = prefills started + turned away.
-        arrival_rate_per_second=(started + rejected) / span,
+        arrival_rate_per_second=_arrivals(a, b) / span,
+        burst_arrival_rate_per_second=_arrivals(burst_a, b) / (newest.time - burst_older.time),
         mean_prompt_tokens=(b.prompt_tokens - a.prompt_tokens) / started if started else None,
         mean_generated_tokens=(b.generated_tokens - a.generated_tokens) / ok if ok else None,
         queue_wait_p95_seconds=histogram_quantile(
@@ -124,13 +133,21 @@ def observation(
         )
     older, newest = pair
     mix_older, _ = prometheus.window(now, PROMPT_MIX_WINDOW_SECONDS) or pair
+    burst_older, _ = prometheus.window(now, BURST_WINDOW_SECONDS) or pair
     return Observation(
         sampled_at=newest.time,
         available=True,
         desired_replicas=desired_replicas,
         ready_replicas=ready_replicas,
         endpoints={
-            name: endpoint_observation(name, older, newest, mix_older) for name in endpoints
+            name: endpoint_observation(name, older, newest, mix_older, burst_older)
+            for name in endpoints
         },
         limits=limits,
     )
+
+
+def _arrivals(older: EndpointSeries, newer: EndpointSeries) -> float:
+    """Requests that arrived between two scrapes: prefills started plus turned away."""
+    started = newer.queue_wait.counts.sum() - older.queue_wait.counts.sum()
+    return float(started + newer.requests["rejected"] - older.requests["rejected"])

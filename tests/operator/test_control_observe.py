@@ -76,6 +76,13 @@ def test_latency_signals_are_p95s_of_the_worker_histograms_per_endpoint(signal: 
     assert "[30s]" in promql
 
 
+def test_arrivals_are_read_over_the_rate_window_and_over_the_burst_window() -> None:
+    promql = queries("1m")
+    assert "[1m]" in promql["arrival_rate_per_second"]
+    assert "[15s]" in promql["burst_arrival_rate_per_second"]
+    assert "[1m]" not in promql["burst_arrival_rate_per_second"]
+
+
 def test_every_query_groups_by_pool_so_one_batch_serves_all_pools() -> None:
     for name, promql in queries("1m").items():
         assert "namespace, pool, endpoint" in promql, name

@@ -1,10 +1,12 @@
 """The burst reserve: a scale-down stops where the highest arrival rate an SLA endpoint
-sustained over the last hour would still find its queueing within the whole TTFT budget.
+sustained over the last hour would still find its queueing within the whole TTFT budget, and
+where its busiest burst window of the last hour would still be admitted as it comes.
 
 A quiet spell between two flash crowds must not leave the pool too small for the next one:
 pods take a start-up to come, and the requests of that start-up queue behind the pods that
-serve. Bursts of seconds do not count (the queue absorbs them before any pod could start), and
-a peak older than the memory is forgotten.
+serve. A burst shorter than a minute does not count as a sustained rate; one that lasts a
+burst window (15 s) counts as a rate the pods must admit, for a queue built over 15 s does not
+drain within a TTFT budget of a second. A peak older than the memory is forgotten.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import math
 from dataclasses import replace
 
 from carpool_policy import DEFAULT_TUNING, PolicyState, decide
-from carpool_policy.estimate import sustained_rates
+from carpool_policy.capacity import EndpointLoad
+from carpool_policy.estimate import peak_rates, sustained_rates
+from carpool_policy.planner import burst_absorbed
 
 MINUTE = 60.0
 
@@ -23,16 +27,24 @@ def minute_of(t: float) -> float:
     return math.floor(t / MINUTE) * MINUTE
 
 
-def quiet_after(w, peak: float | None, peak_age: float = 1200.0) -> PolicyState:
+def quiet_after(
+    w, peak: float | None, peak_age: float = 1200.0, burst: float | None = None
+) -> PolicyState:
     """Ten minutes of recommendations for 1 replica (a scale-down may go ahead), the service
-    time measured, and, unless `peak` is None, a minute `peak_age` ago that sustained `peak`."""
+    time measured, and, unless `peak` is None, a minute `peak_age` ago that sustained `peak`
+    (and, within it, a burst window of `burst`, `peak` where None)."""
     last_minute = minute_of(w.NOW - MINUTE)
+
+    def history(rate: float | None) -> dict:
+        if rate is None:
+            return {}
+        return {"inline": ((minute_of(w.NOW - peak_age), rate), (last_minute, 1.0))}
+
     return replace(
         w.steady_history(1, w.NOW),
         service_times={"inline": tuple((w.NOW - 60 - 15 * k, 0.3) for k in range(3))},
-        sustained_rates={}
-        if peak is None
-        else {"inline": ((minute_of(w.NOW - peak_age), peak), (last_minute, 1.0))},
+        sustained_rates=history(peak),
+        peak_rates=history(burst if burst is not None else peak),
     )
 
 
@@ -47,9 +59,10 @@ def test_a_quiet_spell_after_a_sustained_peak_scales_down_no_further_than_the_pe
     after_peak = decide(quiet(w), spec, quiet_after(w, 80.0), w.NOW, w.profile)
     assert after_peak.replicas > 9
     assert "burst_reserve" in after_peak.rules
-    assert "at the highest rate sustained over the last 60 min (inline 80.00 req/s)" in (
+    assert "at the highest rate sustained over the last 60 min, and its busiest 15 s" in (
         after_peak.reason
     )
+    assert "(inline 80.00 req/s sustained, 80.00 in 15 s)" in after_peak.reason
 
 
 def test_the_reserve_is_not_named_where_damping_stopped_the_pool_short_of_it(w):
@@ -133,3 +146,41 @@ def test_the_decision_keeps_the_sustained_rates_for_the_next_one(w):
     assert "offline" not in decision.state.sustained_rates  # no SLA: no reserve to size
     stored = json.loads(json.dumps(decision.state.to_dict()))  # the operator's annotation
     assert PolicyState.from_dict(stored).sustained_rates == decision.state.sustained_rates
+
+
+def test_a_burst_window_the_pods_could_not_admit_holds_them_through_a_quiet_spell(w):
+    # A minute that sustained 1 req/s around a 15 s burst of 80: no sustained peak to plan for,
+    # but a queue built over 15 s at 80 req/s does not drain within a 1.2 s TTFT budget.
+    spec = w.spec(max_replicas=32)
+    no_burst = decide(quiet(w), spec, quiet_after(w, 1.0), w.NOW, w.profile)
+    assert no_burst.replicas == 9
+    after_burst = decide(quiet(w), spec, quiet_after(w, 1.0, burst=80.0), w.NOW, w.profile)
+    assert after_burst.replicas > 9
+    assert "burst_reserve" in after_burst.rules
+    assert "(inline 1.00 req/s sustained, 80.00 in 15 s)" in after_burst.reason
+
+
+def test_the_pods_admit_a_burst_less_what_the_ttft_budget_lets_queue():
+    # 15 s of arrivals served within 15 s plus the budget: a budget of 3 s admits 15/18 of it.
+    load = EndpointLoad("inline", 100, 1.0, 2048.0, 28.0, budget_seconds=3.0)
+    assert burst_absorbed(36.0, load) == 30.0
+    assert burst_absorbed(0.5, load) == 1.0  # never below the load's own rate
+
+
+def test_the_peak_of_a_minute_is_its_busiest_burst_window_or_its_rate_where_none_was_measured(w):
+    minute = MINUTE * 1000
+    seen = peak_rates((), 2.0, minute + 5, DEFAULT_TUNING)
+    seen = peak_rates(seen, 30.0, minute + 20, DEFAULT_TUNING)  # a burst window
+    seen = peak_rates(seen, 3.0, minute + 40, DEFAULT_TUNING)
+    assert seen == ((minute, 30.0),)
+    assert peak_rates(seen, None, minute + 70, DEFAULT_TUNING) == seen  # missing: nothing
+    # The observation's two rates: the burst window's, else the minute's (a lower bound).
+    burst = w.traffic(rate=2.0, queue=0.05, service=0.3)
+    both = w.observe(replicas=12, inline=replace(burst, burst_arrival_rate_per_second=12.0))
+    minute_only = w.observe(replicas=12, inline=burst)
+    spec = w.spec(max_replicas=32)
+    for observed, peak in ((both, 12.0), (minute_only, 2.0)):
+        decision = decide(observed, spec, quiet_after(w, None), w.NOW, w.profile)
+        assert decision.state.peak_rates["inline"][-1] == (minute_of(w.NOW), peak)
+    stored = json.loads(json.dumps(decision.state.to_dict()))  # the operator's annotation
+    assert PolicyState.from_dict(stored).peak_rates == decision.state.peak_rates
