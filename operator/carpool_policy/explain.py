@@ -90,6 +90,16 @@ def conditions_for(
             "SeriesMissing",
             f"no arrival rate for {names}; no scale-down until it returns",
         )
+    elif unmeasured := _burst_window_missing(spec, observation):
+        metrics = Condition(
+            "MetricsAvailable",
+            "True",
+            "BurstWindowMissing",
+            f"no arrival rate over the last {BURST_WINDOW_SECONDS:g} s for "
+            f"{', '.join(unmeasured)}, which needs two samples in it: the burst reserve reads "
+            f"each minute's rate instead and misses bursts shorter than a minute; scrape the "
+            f"workers at least every {BURST_WINDOW_SECONDS / 2:g} s",
+        )
     else:
         metrics = Condition("MetricsAvailable", "True", "MetricsFresh", "all series present")
     return (
@@ -98,6 +108,19 @@ def conditions_for(
         _reachable(step),
         _capacity(spec, observation, step),
     )
+
+
+def _burst_window_missing(spec: PoolSpec, observation: Observation) -> list[str]:
+    """The SLA endpoints with an arrival rate but none over the burst window (Prometheus
+    scrapes too rarely for it)."""
+    return [
+        e.name
+        for e in spec.endpoints
+        if e.has_sla
+        and (seen := observation.endpoints.get(e.name)) is not None
+        and seen.arrival_rate_per_second is not None
+        and seen.burst_arrival_rate_per_second is None
+    ]
 
 
 def _reachable(step: Step | None) -> Condition:

@@ -84,6 +84,7 @@ def traffic(
 ) -> EndpointObservation:
     return EndpointObservation(
         arrival_rate_per_second=rate,
+        burst_arrival_rate_per_second=rate,  # the last 15 s as busy as the minute
         mean_prompt_tokens=prompt,
         mean_generated_tokens=generated,
         queue_wait_p95_seconds=queue if ttft is not None else None,

@@ -36,6 +36,24 @@ def test_missing_arrival_series_never_scales_down(w):
     assert decision.condition("MetricsAvailable").reason == "SeriesMissing"
 
 
+def test_a_missing_burst_window_says_how_to_measure_it_and_the_policy_still_acts(w):
+    fresh = w.traffic(rate=1.0)
+    unmeasured = replace(fresh, burst_arrival_rate_per_second=None)
+    state = w.steady_history(1, w.NOW)
+    assert (
+        decide(w.observe(8, fresh), w.spec(), state, w.NOW, w.profile)
+        .condition("MetricsAvailable")
+        .reason
+        == "MetricsFresh"
+    )
+    decision = decide(w.observe(8, unmeasured), w.spec(), state, w.NOW, w.profile)
+    condition = decision.condition("MetricsAvailable")
+    assert (condition.status, condition.reason) == ("True", "BurstWindowMissing")
+    assert "for inline" in condition.message
+    assert "scrape the workers at least every 7.5 s" in condition.message
+    assert decision.replicas < 8  # the minute's rate stands in: the pool still scales down
+
+
 def test_burst_scales_up_at_once_within_the_step_limit(w):
     observation = w.observe(replicas=2, inline=w.traffic(rate=40.0, ttft=1.4))
     decision = decide(observation, w.spec(), PolicyState(), w.NOW, profile=w.profile)
