@@ -177,7 +177,7 @@ def test_the_peak_of_a_minute_is_its_busiest_burst_window_or_its_rate_where_none
     # The observation's two rates: the burst window's, else the minute's (a lower bound).
     burst = w.traffic(rate=2.0, queue=0.05, service=0.3)
     both = w.observe(replicas=12, inline=replace(burst, burst_arrival_rate_per_second=12.0))
-    minute_only = w.observe(replicas=12, inline=burst)
+    minute_only = w.observe(replicas=12, inline=replace(burst, burst_arrival_rate_per_second=None))
     spec = w.spec(max_replicas=32)
     for observed, peak in ((both, 12.0), (minute_only, 2.0)):
         decision = decide(observed, spec, quiet_after(w, None), w.NOW, w.profile)
