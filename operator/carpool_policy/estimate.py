@@ -60,13 +60,15 @@ class Estimate:
 
     @property
     def reserve_rate(self) -> float:
-        peak = max((rate for _, rate in self.sustained_history), default=0.0)
-        return max(peak, self.load.arrival_rate)
+        return self._highest(self.sustained_history)
 
     @property
     def burst_rate(self) -> float:
-        peak = max((rate for _, rate in self.peak_history), default=0.0)
-        return max(peak, self.load.arrival_rate)
+        return self._highest(self.peak_history)
+
+    def _highest(self, history: tuple[tuple[float, float], ...]) -> float:
+        """The highest rate of a by-minute history, or the load now where that is higher."""
+        return max([self.load.arrival_rate, *(rate for _, rate in history)])
 
 
 def estimate(

@@ -96,9 +96,9 @@ def conditions_for(
             "True",
             "BurstWindowMissing",
             f"no arrival rate over the last {BURST_WINDOW_SECONDS:g} s for "
-            f"{', '.join(unmeasured)}, which needs two samples in it: the burst reserve reads "
-            f"each minute's rate instead and misses bursts shorter than a minute; scrape the "
-            f"workers at least every {BURST_WINDOW_SECONDS / 2:g} s",
+            f"{', '.join(unmeasured)}, which needs two samples in it: the burst reserve (with a "
+            f"profile) reads each minute's rate instead and misses bursts shorter than a "
+            f"minute; scrape the workers at least every {BURST_WINDOW_SECONDS / 2:g} s",
         )
     else:
         metrics = Condition("MetricsAvailable", "True", "MetricsFresh", "all series present")

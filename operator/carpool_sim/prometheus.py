@@ -73,15 +73,15 @@ def endpoint_observation(
     older: Sample,
     newest: Sample,
     mix_older: Sample,
-    burst_older: Sample,
+    burst_older: Sample | None,
     quantile: float = 0.95,
 ) -> EndpointObservation:
     """Rates and p95s over (older, newest); the prompt mix over (mix_older, newest); the
-    burst window's arrival rate over (burst_older, newest)."""
+    burst window's arrival rate over (burst_older, newest), None without a sample in the
+    window (as `rate()` over it answers nothing: the policy then reads the minute's rate)."""
     empty = EndpointSeries()
     a, b = older.series.get(name, empty), newest.series.get(name, empty)
     span = newest.time - older.time
-    burst_a = burst_older.series.get(name, empty)
     mix_counts = b.prompt_length.counts - mix_older.series.get(name, empty).prompt_length.counts
     mix_span = newest.time - mix_older.time
     started = b.queue_wait.counts.sum() - a.queue_wait.counts.sum()
@@ -90,7 +90,9 @@ def endpoint_observation(
     return EndpointObservation(
         # As the operator's PromQL: arrivals = prefills started + turned away.
         arrival_rate_per_second=_arrivals(a, b) / span,
-        burst_arrival_rate_per_second=_arrivals(burst_a, b) / (newest.time - burst_older.time),
+        burst_arrival_rate_per_second=None
+        if burst_older is None
+        else _arrivals(burst_older.series.get(name, empty), b) / (newest.time - burst_older.time),
         mean_prompt_tokens=(b.prompt_tokens - a.prompt_tokens) / started if started else None,
         mean_generated_tokens=(b.generated_tokens - a.generated_tokens) / ok if ok else None,
         queue_wait_p95_seconds=histogram_quantile(
@@ -133,7 +135,8 @@ def observation(
         )
     older, newest = pair
     mix_older, _ = prometheus.window(now, PROMPT_MIX_WINDOW_SECONDS) or pair
-    burst_older, _ = prometheus.window(now, BURST_WINDOW_SECONDS) or pair
+    burst = prometheus.window(now, BURST_WINDOW_SECONDS)
+    burst_older = None if burst is None else burst[0]
     return Observation(
         sampled_at=newest.time,
         available=True,

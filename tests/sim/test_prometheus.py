@@ -62,6 +62,21 @@ def test_observation_rates_span_the_window_between_scrapes():
     assert BUCKETS[24] < chat.ttft_p95_seconds <= ttft
 
 
+def test_the_burst_window_reads_the_arrivals_of_the_last_15_s_and_nothing_when_scraped_rarer():
+    prometheus = Prometheus()
+    for t, started in ((0.0, 0), (15.0, 15), (30.0, 15), (45.0, 75)):  # 60 in the last 15 s
+        prometheus.scrape(Sample(t, {"chat": series(started, 0, [])}))
+    chat = observation(prometheus, 50.0, 45.0, ["chat"], 2, 2, {}).endpoints["chat"]
+    assert chat.arrival_rate_per_second == pytest.approx(75 / 45)
+    assert chat.burst_arrival_rate_per_second == pytest.approx(60 / 15)
+    sparse = Prometheus()  # a scrape every 30 s: no two samples within 15 s
+    for t, started in ((0.0, 0), (30.0, 30), (60.0, 90)):
+        sparse.scrape(Sample(t, {"chat": series(started, 0, [])}))
+    chat = observation(sparse, 60.0, 60.0, ["chat"], 2, 2, {}).endpoints["chat"]
+    assert chat.arrival_rate_per_second == pytest.approx(90 / 60)
+    assert chat.burst_arrival_rate_per_second is None  # as PromQL's rate() over [15s]
+
+
 def test_no_window_yet_means_no_sample():
     prometheus = Prometheus()
     prometheus.scrape(Sample(0.0, {}))
