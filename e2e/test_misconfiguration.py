@@ -6,9 +6,10 @@ Prometheus set up wrong: one that holds the workers' series without the ``namesp
 ``pool`` labels, one that does not scrape them, one that samples them once a minute, a URL where
 nothing listens, and a profile ConfigMap that is missing or not a profile. Each must show a
 condition whose message names the fix, an Event, and a ``carpool_pool_metrics_available`` gauge
-that agrees with the condition. The access tests run the operator against a Prometheus that
-needs TLS with basic auth (Prometheus' own ``--web.config.file``) and one behind a proxy that
-needs a bearer token and a tenant header.
+that agrees with the condition. A Prometheus that samples every 20 s is fresh enough to scale
+on but too sparse for the burst window: the pool stays MetricsAvailable=True and says why. The
+access tests run the operator against a Prometheus that needs TLS with basic auth (Prometheus'
+own ``--web.config.file``) and one behind a proxy that needs a bearer token and a tenant header.
 """
 
 from __future__ import annotations
@@ -61,7 +62,13 @@ def pool_body() -> dict:
                 "maxContextTokens": 256,
             },
             "replicas": {"min": 1, "max": 1},
-            "endpoints": [{"name": "chat", "batching": {"maxBatchSize": {"min": 1, "max": 8}}}],
+            "endpoints": [
+                {
+                    "name": "chat",
+                    "sla": {"ttftP95Milliseconds": 2000},
+                    "batching": {"maxBatchSize": {"min": 1, "max": 8}},
+                }
+            ],
             "scaling": {"mode": "Recommend", "intervalSeconds": 5},
         },
     }
@@ -139,6 +146,10 @@ def broken_prometheus(prometheus_url, tmp_path_factory) -> Iterator[dict[str, st
         ),
         "nothing": prometheus.start_federating(folder, "nothing", prometheus_url, federate=False),
         "slow": prometheus.start_federating(folder, "slow", prometheus_url, scrape_interval="60s"),
+        # Fresh for a 15 s control interval (stale after 45 s), one sample in any 15 s.
+        "sparse": prometheus.start_federating(
+            folder, "sparse", prometheus_url, scrape_interval="20s"
+        ),
     }
     yield {name: url for name, (_, url) in started.items()}
     for record, _ in started.values():
@@ -207,7 +218,9 @@ def shows(api, ns: str, operator: OperatorProcess, reason: str) -> dict:
 @pytest.fixture
 def healthy_afterwards(api, pool) -> Iterator[None]:
     yield
-    set_spec(api, pool, {"prometheus": None, "scaling": {"profileConfigMap": ""}})
+    set_spec(
+        api, pool, {"prometheus": None, "scaling": {"profileConfigMap": "", "intervalSeconds": 5}}
+    )
     wait_for("MetricsAvailable=True again", lambda: reason_of(api, pool) == "MetricsFresh", 90, 1)
 
 
@@ -248,6 +261,30 @@ def test_stale_samples_say_how_often_the_workers_must_be_scraped(
     found = shows(api, pool, operators.current, "MetricsStale")
     assert "younger than 15 s" in found["message"]
     assert "scrape them at least every 5 s" in found["message"]
+
+
+def test_a_scrape_too_sparse_for_the_burst_window_is_named_and_the_metrics_still_count(
+    api, pool, operators, broken_prometheus, healthy_afterwards
+) -> None:
+    set_spec(
+        api,
+        pool,
+        {"prometheus": {"url": broken_prometheus["sparse"]}, "scaling": {"intervalSeconds": 15}},
+    )
+    found = wait_for(
+        "MetricsAvailable=True BurstWindowMissing",
+        lambda: (
+            (c := condition(api, pool, "MetricsAvailable"))
+            and (c["status"], c["reason"]) == ("True", "BurstWindowMissing")
+            and c
+        ),
+        120,
+        1,
+    )
+    assert "no arrival rate over the last 15 s for chat" in found["message"]
+    assert "scrape the workers at least every 7.5 s" in found["message"]
+    # The rate window still has its samples: the policy scales on them.
+    assert gauge(operators.current, "carpool_pool_metrics_available", pool) == 1
 
 
 def test_an_unreachable_prometheus_names_the_url_and_where_it_was_set(
