@@ -5,8 +5,10 @@ from the versions pinned below. The first call compiles them (tens of minutes on
 later calls return at once from ``~/.cache/carpool/bin/<pin>/`` (override with
 ``CARPOOL_CACHE_DIR``). Changing a pin changes the cache folder, so a stale binary is never
 reused. A failed build raises ``BuildError`` naming the tool and the tail of Go's output.
-Two processes may build at once (a test run beside a CI run): each builds into a file of its
-own and moves it into place atomically, so neither sees the other's half-written binary.
+Two processes may build at once (a test run beside a CI run): each writes its Go modules in a
+folder of its own (Go rewrites go.mod and go.sum as it resolves them) and builds into a file of
+its own that it moves into place atomically, so neither sees the other's half-written files.
+Go's module cache is shared; Go locks it.
 
 Why build from source: this project's machines have no Docker engine (so no kind) and reach
 only the Go module proxy, not the release buckets. Every binary is a plain ``go build`` of the
@@ -222,7 +224,13 @@ def ensure_binaries() -> Binaries:
     missing = [name for name, p in out.as_dict().items() if not p.exists()]
     if not missing:
         return out
-    work = cache_root() / "build"
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=cache_root()) as folder:
+        _build_all(Path(folder), out, missing)
+    return out
+
+
+def _build_all(work: Path, out: Binaries, missing: list[str]) -> None:
     _say(
         f"building {', '.join(missing)} from the pinned Go modules into {bin_root()} "
         "(first run only: a real etcd, kube-apiserver, controller-manager, scheduler and "
@@ -258,7 +266,6 @@ def ensure_binaries() -> Binaries:
         # Only the service discovery carpool uses: fewer modules to fetch and compile.
         tags="remove_all_sd,enable_kubernetes_sd",
     )
-    return out
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,33 @@ def test_a_build_on_a_fresh_machine_makes_its_folder(tmp_path, fake_go):
     target = tmp_path / "cache" / "bin" / "kubernetes-v1" / "tool"
     binaries._go_build(target, ["example.com/tool"], tmp_path, "tool")
     assert target.read_text() == "built\n"
+
+
+def test_two_processes_building_at_once_resolve_modules_in_folders_of_their_own(
+    tmp_path, fake_go, monkeypatch
+):
+    """Go rewrites go.mod and go.sum where it builds: two builds sharing that folder would
+    rewrite each other's. Each build runs in a folder of its own, removed when it is done."""
+    log = tmp_path / "cwd.log"
+    fake_go('#!/bin/sh\npwd >> "$CWD_LOG"\n' + SLOW_BUILD.split("\n", 1)[1])
+    monkeypatch.setenv("CWD_LOG", str(log))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CARPOOL_CACHE_DIR", str(cache))
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            binaries.ensure_binaries()
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    work_folders = {Path(line).relative_to(cache).parts[0] for line in log.read_text().split()}
+    assert len(work_folders) == 2, work_folders
+    assert sorted(p.name for p in cache.iterdir()) == ["bin"]  # nothing left but the binaries
+    assert all(p.read_text() == "built\n" for p in binaries.expected().as_dict().values())
