@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,24 +39,32 @@ def fake_go(tmp_path, monkeypatch):
     return install
 
 
-def test_two_builds_of_one_binary_at_once_both_succeed(tmp_path, fake_go):
-    fake_go(SLOW_BUILD)
-    target = tmp_path / "bin" / "tool"
-    target.parent.mkdir()
+def twice_at_once(build: Callable[[], object]) -> list[BaseException]:
+    """Run `build` in two threads at once; what either raised."""
     errors: list[BaseException] = []
 
-    def build() -> None:
+    def run() -> None:
         try:
-            binaries._go_build(target, ["example.com/tool"], tmp_path, "tool")
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            build()
+        except BaseException as error:  # noqa: BLE001 - returned to the test's assertion
             errors.append(error)
 
-    threads = [threading.Thread(target=build) for _ in range(2)]
+    threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+def test_two_builds_of_one_binary_at_once_both_succeed(tmp_path, fake_go):
+    fake_go(SLOW_BUILD)
+    target = tmp_path / "bin" / "tool"
+    target.parent.mkdir()
+    assert (
+        twice_at_once(lambda: binaries._go_build(target, ["example.com/tool"], tmp_path, "tool"))
+        == []
+    )
     assert target.read_text() == "built\n"
     assert [p.name for p in target.parent.iterdir()] == ["tool"]  # no half-built file left
 
@@ -86,20 +95,7 @@ def test_two_processes_building_at_once_resolve_modules_in_folders_of_their_own(
     monkeypatch.setenv("CWD_LOG", str(log))
     cache = tmp_path / "cache"
     monkeypatch.setenv("CARPOOL_CACHE_DIR", str(cache))
-    errors: list[BaseException] = []
-
-    def build() -> None:
-        try:
-            binaries.ensure_binaries()
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=build) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert twice_at_once(binaries.ensure_binaries) == []
     work_folders = {Path(line).relative_to(cache).parts[0] for line in log.read_text().split()}
     assert len(work_folders) == 2, work_folders
     assert sorted(p.name for p in cache.iterdir()) == ["bin"]  # nothing left but the binaries
