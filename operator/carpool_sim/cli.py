@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from carpool_sim import suite
 from carpool_sim.compare import POLICIES, Options, resolve, run_policies
 from carpool_sim.plots import plot_runs
+from carpool_sim.pool import LEAST_REQUEST, ROUTINGS
 from carpool_sim.report import summarize, table
 from carpool_sim.scenario import ScenarioError, build_scenario
 from carpool_sim.sim import SimConfig
@@ -67,6 +68,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-hour-price", type=float, default=3.0, help="USD per GPU-hour")
     p.add_argument("--startup-seconds", type=float, default=60.0, help="pod start-up delay")
     p.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus, seconds")
+    p.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default=LEAST_REQUEST,
+        help="how requests reach the pods: a least-request gateway (default) or the pool's "
+        "Service, which picks a ready pod at random (drawn from --seed)",
+    )
     p.add_argument(
         "--sla-target",
         type=float,
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     config = SimConfig(
         startup_seconds=args.startup_seconds,
         scrape_interval_seconds=args.scrape_interval,
+        routing=args.routing,
+        routing_seed=args.seed,
     )
     options = Options(
         config=config,

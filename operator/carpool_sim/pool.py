@@ -5,14 +5,18 @@ Contract:
   `startup_seconds` later (a GPU pod loading its model); removing pods takes starting ones
   first (newest first), then the ready ones with the least work. A removed ready pod drains:
   it takes no new requests, hands its queue back to the gateway, finishes what it runs.
-- `route(request, now)` sends a request to the ready pod with the fewest outstanding requests
-  of its endpoint (a least-request gateway; ties: fewest outstanding overall, then lowest
-  index); with no ready pod the gateway holds it until one is.
+- `route(request, now)` sends a request to a ready pod as the pool's `routing` says:
+  `least-request` (a gateway such as `make demo`'s client: the pod with the fewest outstanding
+  requests of its endpoint; ties: fewest outstanding overall, then lowest index) or `random`
+  (the pool's Kubernetes Service through kube-proxy: any ready pod alike, drawn from the pool's
+  own generator seeded by `routing_seed`, so a run is still deterministic). With no ready pod
+  the gateway holds the request until one is.
 - GPU time is counted from a pod's creation until it stops (loading counts: the GPU is held).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from carpool_replica.limits import EndpointLimits
@@ -20,6 +24,9 @@ from carpool_replica.profile import Profile
 from carpool_sim.metrics import RunRecorder
 from carpool_sim.replica import Replica
 from carpool_sim.trace import Request
+
+LEAST_REQUEST, RANDOM = "least-request", "random"
+ROUTINGS = (LEAST_REQUEST, RANDOM)
 
 
 class Pod:
@@ -46,7 +53,11 @@ class Pool:
         *,
         startup_seconds: float,
         on_replica_changed: Callable[[Pod], None],
+        routing: str = LEAST_REQUEST,
+        routing_seed: int = 0,
     ):
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing {routing!r}: expected one of {', '.join(ROUTINGS)}")
         # One cost cache for every pod: they share a profile, so they share its answers.
         self.profile = profile
         self.limits = dict(limits)
@@ -55,6 +66,8 @@ class Pool:
         self.on_replica_changed = on_replica_changed
         self.pods: list[Pod] = []  # every pod ever created
         self.held: list[Request] = []  # at the gateway, waiting for a ready pod
+        self.routing = routing
+        self.draw = random.Random(routing_seed)
 
     # -- views -------------------------------------------------------------------------------
 
@@ -128,8 +141,15 @@ class Pool:
         if not ready:
             self.held.append(request)
             return
-        endpoint = request.endpoint
-        pod = min(
+        pod = self._pick(ready, request.endpoint)
+        pod.replica.run_until(now)
+        pod.replica.submit(request, now)
+        self.on_replica_changed(pod)
+
+    def _pick(self, ready: list[Pod], endpoint: str) -> Pod:
+        if self.routing == RANDOM:
+            return ready[self.draw.randrange(len(ready))]
+        return min(
             ready,
             key=lambda p: (
                 p.replica.outstanding(endpoint),
@@ -137,9 +157,6 @@ class Pool:
                 p.index,
             ),
         )
-        pod.replica.run_until(now)
-        pod.replica.submit(request, now)
-        self.on_replica_changed(pod)
 
     def release_held(self, now: float) -> None:
         held, self.held = self.held, []

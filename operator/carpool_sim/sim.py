@@ -2,9 +2,9 @@
 every request is served or rejected.
 
 Contract: `simulate(requests, spec, profile, controller, config)` is deterministic (no clock
-reads, no randomness of its own) and returns a `RunResult` with every request's outcome, the
-GPU-seconds spent and the replica timeline. Events, in time order:
-- arrivals go through the gateway to a pod;
+reads; `random` routing draws from a generator seeded by the config) and returns a `RunResult`
+with every request's outcome, the GPU-seconds spent and the replica timeline. Events, in time order:
+- arrivals go through the gateway to a pod, as `config.routing` says (`carpool_sim.pool`);
 - each pod's replica wakes at the end of its current engine segment;
 - pods become ready `startup_seconds` after creation;
 - Prometheus scrapes every `scrape_interval_seconds`; queue-proxies report in-flight requests
@@ -26,7 +26,7 @@ from carpool_policy import EndpointLimits, PoolSpec, Profile
 from carpool_replica.limits import EndpointLimits as WorkerLimits
 from carpool_sim.controllers import Action, Controller, ControlView
 from carpool_sim.metrics import RunRecorder
-from carpool_sim.pool import Pod, Pool
+from carpool_sim.pool import LEAST_REQUEST, Pod, Pool
 from carpool_sim.prometheus import Prometheus, Sample
 from carpool_sim.trace import Request
 
@@ -37,6 +37,10 @@ class SimConfig:
     scrape_interval_seconds: float = 15.0
     drain_limit_seconds: float = 1800.0
     timeline_interval_seconds: float = 5.0
+    # How requests reach the pods (`carpool_sim.pool.ROUTINGS`): a least-request gateway, or
+    # the pool's Service (kube-proxy picks any ready pod at random).
+    routing: str = LEAST_REQUEST
+    routing_seed: int = 0
 
 
 @dataclass
@@ -106,6 +110,8 @@ def simulate(
         recorder,
         startup_seconds=config.startup_seconds,
         on_replica_changed=lambda pod: None,
+        routing=config.routing,
+        routing_seed=config.routing_seed,
     )
     pool.on_replica_changed = replica_changed
     for _ in range(controller.initial_replicas()):

@@ -5,6 +5,7 @@ Contract: `main(argv) -> int`:
 ```
 carpool sim suite [--scenarios DIR] [--short] [--json OUT] [--markdown OUT]
                   [--processes N] [--only NAME[,NAME...]] [--seeds N]
+                  [--routing least-request|random]
 ```
 
 runs each scenario file of DIR (`carpool_sim.suite_scenario`, default `scenarios/`) at each of
@@ -14,10 +15,12 @@ at most `SHORT_SECONDS` of traffic: the suite's check in `make test`, not a resu
 run in parallel on `--processes` processes (default 2). `--seeds N` runs every variant on N
 sample paths of its traffic (the file's seed, then the next N - 1; a recorded trace is the same
 on each, its synthetic streams and envelope draws are not) and adds a table of the spread.
+`--routing` is how requests reach the pods in every run (`carpool_sim.pool`): `least-request`
+(a gateway, the default) or `random` (the pool's own Service, as the operator deploys it).
 
-`run_variant(path, rate_scale, short, seed=None)` is one variant on one sample path (the file's
-seed when None), and deterministic (no clock reads; its `seconds` field, the CPU time it took,
-is the one exception and is not part of the result).
+`run_variant(path, rate_scale, short, seed=None, routing=LEAST_REQUEST)` is one variant on one
+sample path (the file's seed when None), and deterministic (no clock reads; its `seconds`
+field, the CPU time it took, is the one exception and is not part of the result).
 Each variant reports, for its policies:
 - `hpa-gpu`, `keda-queue`, `kpa`: at their documented defaults, and tuned (`carpool_sim.tuning`:
   the cheapest swept setting that reaches the target);
@@ -51,6 +54,7 @@ from rich.console import Console
 
 from carpool_sim import clairvoyant, suite_report
 from carpool_sim.controllers import Bounds, Carpool, Controller, Static
+from carpool_sim.pool import LEAST_REQUEST, ROUTINGS
 from carpool_sim.report import attained_mask
 from carpool_sim.scenario import Scenario, ScenarioError
 from carpool_sim.sim import RunResult, SimConfig, simulate
@@ -82,14 +86,22 @@ class Row:
 class Variant:
     """One scenario at one rate scale: its requests, targets and runs."""
 
-    def __init__(self, file: ScenarioFile, rate_scale: float, short: bool, seed: int | None = None):
+    def __init__(
+        self,
+        file: ScenarioFile,
+        rate_scale: float,
+        short: bool,
+        seed: int | None = None,
+        routing: str = LEAST_REQUEST,
+    ):
         duration = min(file.duration_seconds, SHORT_SECONDS) if short else None
         self.file, self.rate_scale, self.short = file, rate_scale, short
         self.seed = file.seed if seed is None else seed
         self.scenario: Scenario = file.build(rate_scale, duration, self.seed)
         if not self.scenario.requests:
             raise ScenarioError(f"{file.path}: the traffic holds no requests")
-        self.config = SimConfig()
+        # A random routing draws from the sample path's seed, as its traffic does.
+        self.config = SimConfig(routing=routing, routing_seed=self.seed)
         spec = self.scenario.spec
         self.names = [e.name for e in spec.endpoints]
         endpoint_of = np.array([r.endpoint for r in self.scenario.requests])
@@ -187,10 +199,10 @@ def ladder(top: int) -> list[int]:
 
 
 def run_variant(
-    path: str, rate_scale: float, short: bool, seed: int | None = None
+    path: str, rate_scale: float, short: bool, seed: int | None = None, routing: str = LEAST_REQUEST
 ) -> dict[str, Any]:
     started = time.process_time()
-    variant = Variant(load_scenario_file(path), rate_scale, short, seed)
+    variant = Variant(load_scenario_file(path), rate_scale, short, seed, routing)
     count = variant.static_count()
     rows: list[Row] = []
     sweeps: dict[str, list[dict[str, Any]]] = {}
@@ -251,6 +263,7 @@ def _document(
         "rate_scale": variant.rate_scale,
         "seed": variant.seed,
         "file_seed": file.seed,
+        "routing": variant.config.routing,
         "short": variant.short,
         "duration_seconds": scenario.duration_seconds,
         "profile": {
@@ -291,7 +304,7 @@ def _ratio(a: float, b: float | None) -> float | None:
     return None if b is None or b <= 0 else a / b
 
 
-Task = tuple[str, float, bool, int]  # scenario file, rate scale, short, seed
+Task = tuple[str, float, bool, int, str]  # scenario file, rate scale, short, seed, routing
 
 
 def _run(task: Task) -> dict[str, Any]:
@@ -304,11 +317,12 @@ def run_suite(
     processes: int,
     done: Callable[[dict[str, Any]], None] | None = None,
     seeds: int = 1,
+    routing: str = LEAST_REQUEST,
 ) -> list[dict[str, Any]]:
     """Every variant of `files` on `seeds` sample paths, in file, rate and seed order; the
     longest run first, so two processes finish together."""
     tasks = [
-        (str(f.path), scale, short, f.seed + k)
+        (str(f.path), scale, short, f.seed + k, routing)
         for f in files
         for scale in (f.rate_scales[:1] if short else f.rate_scales)
         for k in range(seeds)
@@ -361,6 +375,13 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="sample paths per variant: the file's seed and the next ones (default 1)",
     )
+    p.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default=LEAST_REQUEST,
+        help="how requests reach the pods: a least-request gateway (default) or the pool's "
+        "Service, which picks a ready pod at random",
+    )
     return p
 
 
@@ -387,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"{suite_report.variant_label(result)}: "
                   f"{result['seconds']:.0f} s CPU", markup=False)  # fmt: skip
 
-    results = run_suite(files, args.short, args.processes, done, args.seeds)
+    results = run_suite(files, args.short, args.processes, done, args.seeds, args.routing)
     out = Console(width=None if Console().is_terminal else 200)
     out.print(suite_report.table(results))
     out.print(suite_report.summary_table(results))

@@ -17,7 +17,8 @@ policies, as tables.
   sample path (`--seeds`): per variant, over its seeds, how often carpool reached the target
   and met every goal, its worst margin, and the range of its ratios. One sample path can swing
   by a decision taken on the other side of a threshold; the spread says how much.
-- `variant_label(result)`: "code-trace x2", with the seed where it is not the file's.
+- `variant_label(result)`: "code-trace x2", with the seed where it is not the file's and the
+  routing where it is not the least-request gateway's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from statistics import median
 from typing import Any
 
 from rich.table import Table
+
+from carpool_sim.pool import LEAST_REQUEST
 
 BOUND_GOAL = 1.3
 
@@ -55,7 +58,9 @@ def _over_one(ratio: float) -> str:
 
 
 def _variant(result: dict[str, Any]) -> str:
-    return f"{result['scenario']} x{result['rate_scale']:g}"
+    routing = result.get("routing", LEAST_REQUEST)
+    label = f"{result['scenario']} x{result['rate_scale']:g}"
+    return label if routing == LEAST_REQUEST else f"{label} ({routing} routing)"
 
 
 def variant_label(result: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from carpool_sim.cli import main
@@ -47,6 +48,32 @@ def test_more_replicas_never_lower_attainment(scenario):
     four = summarize(run_static(scenario, 4), spec, 1.0)["endpoints"]["chat"]["sla_attainment"]
     assert four >= one
     assert four > 0.99
+
+
+def queue_wait_p95(scenario, replicas: int, **config) -> float:
+    spec, profile, requests = scenario
+    result = simulate(requests, spec, profile, Static(replicas), SimConfig(**config))
+    return float(np.nanpercentile(result.recorder.queue_wait, 95))
+
+
+def test_a_random_routing_queues_behind_busy_pods_that_a_least_request_gateway_avoids(scenario):
+    """Per-pod queues (the pool's Service) are slower than one pooled queue (a gateway that
+    sends each request to the pod with the fewest in flight): the reason the policy's model
+    plans each replica as its own queue."""
+    gateway = queue_wait_p95(scenario, 6)
+    service = queue_wait_p95(scenario, 6, routing="random")
+    assert service > 2 * gateway
+
+
+def test_a_random_routing_is_drawn_from_its_seed(scenario):
+    first = queue_wait_p95(scenario, 2, routing="random", routing_seed=1)
+    assert queue_wait_p95(scenario, 2, routing="random", routing_seed=1) == first
+    assert queue_wait_p95(scenario, 2, routing="random", routing_seed=2) != first
+
+
+def test_an_unknown_routing_is_refused_with_the_known_ones(scenario):
+    with pytest.raises(ValueError, match="expected one of least-request, random"):
+        queue_wait_p95(scenario, 2, routing="round-robin")
 
 
 def test_a_new_pod_serves_nothing_before_its_start_up_delay(scenario):

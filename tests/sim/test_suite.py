@@ -132,6 +132,28 @@ def test_seeds_run_each_variant_on_several_sample_paths_and_report_their_spread(
     assert spread_rows(results[:1]) == []  # one path: no spread to report
 
 
+def test_routing_runs_every_policy_behind_the_pools_service_and_says_so(tmp_path):
+    (tmp_path / "pool.yaml").write_text(POOL_YAML)
+    (tmp_path / "profile.json").write_text(json.dumps(PROFILE))
+    folder = tmp_path / "scenarios"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(
+        "name: small\npool: ../pool.yaml\nprofile: ../profile.json\nduration_seconds: 120\n"
+        "seed: 5\ntraffic: {chat: 'poisson:rate=20,prompt=800,output=20'}\n"
+    )
+    out = tmp_path / "suite.json"
+    assert main(["suite", "--scenarios", str(folder), "--short", "--json", str(out),
+                 "--processes", "1", "--routing", "random"]) == 0  # fmt: skip
+    (service,) = json.loads(out.read_text())
+    (gateway,) = run_suite([load_scenario_file(folder / "s.yaml")], short=True, processes=1)
+    assert (service["routing"], gateway["routing"]) == ("random", "least-request")
+    assert variant_label(service) == "small x1 (random routing)"
+    assert variant_label(gateway) == "small x1"
+    # Per-pod queues need at least the pods one pooled queue needs.
+    assert service["static_replicas"] >= gateway["static_replicas"]
+    assert service["rows"] != gateway["rows"]
+
+
 def test_a_cost_miss_by_a_hair_prints_its_digits_not_one():
     """A ratio of 1.0004 is a miss; "cost 1.00x" would read as a goal met, listed anyway."""
 
