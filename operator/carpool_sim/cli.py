@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "initial_replicas": options.initial_replicas,
         "startup_seconds": config.startup_seconds,
         "scrape_interval_seconds": config.scrape_interval_seconds,
+        "routing": config.routing,
         "gpu_hour_price": args.gpu_hour_price,
     }
     if args.plot:
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Console(width=None if Console().is_terminal else 160)
         title = (
             f"{len(scenario.requests)} requests over {scenario.duration_seconds / 60:.0f} min, "
-            f"rate scale {args.rate_scale:g}, static = {options.static_replicas} replicas"
+            f"rate scale {args.rate_scale:g}, static = {options.static_replicas} replicas, "
+            f"{config.routing} routing"
         )
         out.print(table(summaries, title))
         if args.plot:

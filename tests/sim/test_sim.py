@@ -116,6 +116,22 @@ def test_json_has_every_policy_and_endpoint(pool_file, profile_file, capsys):
         assert chat["ttft_p95_seconds"] > 0
 
 
+def test_the_routing_is_chosen_on_the_command_line_and_recorded(pool_file, profile_file, capsys):
+    def run(*routing: str) -> dict:
+        args = cli(
+            pool_file, profile_file, "--json", "--policy", "static", "--static-replicas", "2"
+        )
+        assert main([*args, *routing]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    gateway, service = run(), run("--routing", "random")
+    assert (gateway["scenario"]["routing"], service["scenario"]["routing"]) == (
+        "least-request",
+        "random",
+    )
+    assert gateway["policies"] != service["policies"]
+
+
 def test_same_seed_same_document(pool_file, profile_file, capsys):
     args = cli(pool_file, profile_file, "--json", "--policy", "carpool,kpa")
     main(args)
