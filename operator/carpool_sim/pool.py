@@ -53,8 +53,8 @@ class Pool:
         *,
         startup_seconds: float,
         on_replica_changed: Callable[[Pod], None],
-        routing: str = LEAST_REQUEST,
-        routing_seed: int = 0,
+        routing: str,
+        routing_seed: int,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"routing {routing!r}: expected one of {', '.join(ROUTINGS)}")
