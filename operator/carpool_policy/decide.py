@@ -18,7 +18,9 @@ The stages, one module each:
     plan      the model, its prefill priced over each endpoint's measured prompt mix and
               anchored at the measured queue delay: fewest replicas + limits whose predicted
               queue delay fits (planner); the scale-down count from the model as it is, or
-              anchored where the measurement contradicts it (planner)
+              anchored where the measurement contradicts it, within a tighter headroom
+              (where that needs more than the step up, the pool holds at it: named
+              `scale_down_headroom`) (planner)
     guard     measured queue delay decides the direction and overrides the model; where the
               model calls the ready replicas overloaded but their queue was measured finite,
               the measurement sizes the step (guard); with a profile, a scale-down the guard
@@ -77,6 +79,8 @@ class Step:
     capacity_limited: bool
     anchors: Mapping[str, tuple[float, float]]  # endpoint: (model's queue delay, measured)
     reserve: int | None = None  # the burst reserve where it stopped a scale-down
+    # The scale-down model's count where it, not the scale-up model, set the pool's size.
+    held_for_headroom: int | None = None
 
     @property
     def loads(self) -> tuple[EndpointLoad, ...]:
@@ -114,6 +118,7 @@ def decide(
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
     pessimistic = False  # the scale-down model took the anchored level somewhere
+    model_down = None  # the scale-down model's count, where it asks for more than the step up
     down_loads = loads
     if profile is not None:
         # The step up is sized by the model anchored at the measured queue delay; the step down
@@ -129,6 +134,7 @@ def decide(
         down_loads = pessimism_corrected(unanchored, loads, anchors, tuning)
         up, down = _model_counts(up_plan, down_loads, spec, profile, tuning, current, lowest)
         pessimistic = down_loads != unanchored and down < current
+        model_down = down if down > up else None
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
@@ -171,6 +177,18 @@ def decide(
     rules += list(guarded.rules)
     if reserved:
         rules.append("burst_reserve")
+    # The tighter headroom of the scale-down model held the pool above what the step up needs:
+    # a hysteresis that changed the outcome, so it is named with its count.
+    held_for_headroom = (
+        model_down
+        if model_down is not None
+        and not reserved
+        and guarded.up < damped.replicas == min(current, guarded.down)
+        and guarded.down == model_down
+        else None
+    )
+    if held_for_headroom is not None:
+        rules.append("scale_down_headroom")
     rules += list(damped.rules)
     replicas = damped.replicas
     capacity_limited = observation.pending_unschedulable_replicas > 0
@@ -208,6 +226,7 @@ def decide(
         capacity_limited=capacity_limited,
         anchors=anchors,
         reserve=reserve if reserved else None,
+        held_for_headroom=held_for_headroom,
     )
     new_state = PolicyState(
         recommendations=damped.history,

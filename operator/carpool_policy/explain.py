@@ -40,6 +40,7 @@ RULES = (
     "queue_within_budget",  # measured queue delay within the headroom: the model may not scale up
     "queue_not_low",  # measured queue delay above the quiet fraction: no scale-down
     "burst_reserve",  # scale-down stops at what the last hour's peak rate and bursts need
+    "scale_down_headroom",  # the scale-down model, at its tighter headroom, holds more pods
     "sla_unreachable",  # service time alone breaks a TTFT budget: sized for the queue part
     "scale_up_step",  # scale-up bounded by scaling.maxScaleUpStep
     "stabilizing",  # scale-down held by the stabilization window
@@ -221,6 +222,13 @@ def reason_for(
                 f"model needs {needed} replicas for p{100 * tuning.planning_quantile:g} queue"
                 f" delay within {100 * tuning.budget_headroom:g}% of each queue budget"
             )
+    if (floor := step.held_for_headroom) is not None:
+        # The scale-down model only bounds a scale-down: at the pool's size or more, it holds.
+        verdict = "no scale-down" if floor >= step.current else f"scale-down stops at {floor}"
+        parts.append(
+            f"{verdict}: the scale-down model needs {floor} replicas within the tighter"
+            f" {100 * tuning.scale_down_headroom:g}% of each queue budget"
+        )
     for finite, text in (
         (True, "model anchored at the measured queue delay"),
         (False, "model predicts an unbounded queue where a finite one was measured"),

@@ -191,6 +191,32 @@ def test_a_model_contradicted_by_a_quiet_queue_does_not_hold_the_pool_up(w):
     assert "model_pessimistic" not in decision.rules
 
 
+def test_a_pool_held_by_the_scale_down_models_tighter_headroom_says_so(w):
+    # 24 req/s of 2k-token prompts on 5 replicas, the queue quiet (20 ms of 1,100): the step up
+    # needs 4, but the scale-down model plans within 70% of the budget, not 85%, and needs 5.
+    # That hysteresis is what holds the pool, so the reason names it and its count.
+    state = dataclasses.replace(with_service(w, 0.4), recommendations=((w.NOW - 1000, 1),))
+    quiet = w.traffic(rate=24.0, ttft=0.42, queue=0.02, service=0.4)
+    decision = decide(w.observe(5, quiet), w.spec(), state, w.NOW, w.profile)
+    assert decision.replicas == 5
+    assert "model needs 4 replicas" in decision.reason
+    assert "no scale-down: the scale-down model needs 5 replicas within the tighter 70%" in (
+        decision.reason
+    )
+    assert "scale_down_headroom" in decision.rules
+    # Where it stops a scale-down short of the step up's count, it is named as well.
+    lighter = dataclasses.replace(quiet, arrival_rate_per_second=18.0)
+    decision = decide(w.observe(5, lighter), w.spec(), state, w.NOW, w.profile)
+    assert decision.replicas == 4
+    assert "model needs 3 replicas" in decision.reason
+    assert "scale-down stops at 4: the scale-down model needs 4 replicas" in decision.reason
+    assert "scale_down_headroom" in decision.rules
+    # Where the step up itself needs the pool as it is, nothing held it: no such rule.
+    steady = dataclasses.replace(quiet, arrival_rate_per_second=14.0)
+    decision = decide(w.observe(3, steady), w.spec(), state, w.NOW, w.profile)
+    assert (decision.replicas, decision.rules) == (3, ())
+
+
 def test_the_model_prices_prefill_over_the_measured_prompt_lengths(w):
     # 8 req/s, mean prompt 2,048 tokens, on 2 replicas with the queue measured near its budget:
     # prompts all about 2k, or most short and one in eight about 8k. The spread mix costs more
