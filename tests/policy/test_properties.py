@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+import re
+
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from carpool_policy import EndpointObservation, Observation, PolicyState, decide
@@ -133,3 +135,38 @@ def test_returned_state_survives_serialization(w, data):
     observation = data.draw(observations(w.NOW))
     decision = decide(observation, w.spec(), data.draw(states(w.NOW)), w.NOW, profile=w.profile)
     assert PolicyState.from_dict(decision.state.to_dict()) == decision.state
+
+
+@FAST
+@given(
+    rate=st.floats(0.5, 40.0),
+    prompt=st.floats(256, 8192),
+    queue=st.floats(0.0, 1.2),
+    service=st.floats(0.1, 0.9),
+    replicas=st.integers(1, 12),
+    settled=st.booleans(),
+)
+# A pool that the step up would shrink to 4 and the scale-down model holds at 5 (hysteresis).
+@example(rate=24.0, prompt=2048.0, queue=0.02, service=0.4, replicas=5, settled=True)
+def test_a_decision_that_departs_from_the_models_need_names_the_rule_that_moved_it(
+    w, rate, prompt, queue, service, replicas, settled
+):
+    # The reason a person reads says what the model needs; where the pool ends elsewhere (held,
+    # stopped short, stepped, capped), some rule did that, and the reason must name it. Fresh
+    # metrics and a known service time, so that every rule can act; with a history spanning
+    # the stabilization window or none.
+    spec = w.spec(min_replicas=1, max_replicas=12)
+    inline = w.traffic(rate=rate, ttft=queue + service, queue=queue, service=service, prompt=prompt)
+    state = PolicyState(
+        recommendations=((w.NOW - 1000, 1),) if settled else (),
+        last_observed_at=w.NOW - 15,
+        service_times={"inline": ((w.NOW - 60, service),)},
+    )
+    decision = decide(w.observe(replicas, inline), spec, state, w.NOW, profile=w.profile)
+    # "model needs N replicas ..." or, where the measurement sized the step, "the measured
+    # queue delays need N replicas".
+    need = re.search(r"(?:model needs|delays need) (more than )?(\d+) replicas", decision.reason)
+    assert need is not None, decision.reason
+    needed = spec.max_replicas if need.group(1) else spec.replicas.clamp(int(need.group(2)))
+    if decision.replicas != needed:
+        assert decision.rules, decision.reason
