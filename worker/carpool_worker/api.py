@@ -6,8 +6,9 @@ does not know, or an OpenAI field it does not honour set to anything but its neu
 refused by name. The helpers the chat API shares (``check_fields``, ``parse_generation``) live
 here too, so both routes refuse the same things with the same words. ``error_body`` is the JSON
 shape of every error the worker returns; ``completion_request_schema``, ``COMPLETION_SCHEMA``
-and ``ERROR_SCHEMA`` describe the same shapes for the OpenAPI document (schemathesis checks the
-two against each other). ``TEXT_COMPLETION`` shapes a text completion's responses and stream
+(from ``completion_response_schema``, the response envelope the chat route shares) and
+``ERROR_SCHEMA`` describe the same shapes for the OpenAPI document (schemathesis checks the two
+against each other). ``TEXT_COMPLETION`` shapes a text completion's responses and stream
 chunks. ``StopMatcher`` cuts generated text at the first stop string, holding back just enough
 text to never stream half of one.
 """
@@ -411,32 +412,41 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
-COMPLETION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices", "usage"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"type": "string", "enum": ["text_completion"]},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["index", "text", "finish_reason"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "text": {"type": "string"},
-                    "finish_reason": {"type": "string", "enum": ["stop", "length"]},
-                    "logprobs": {"type": "null"},
+
+def completion_response_schema(
+    object_name: str, content: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The OpenAI response envelope of one kind of completion: `object_name` in its `object`
+    field, one choice whose `content` (field name: schema) carries the text."""
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": [object_name]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["index", *content, "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        **content,
+                        "finish_reason": {"type": "string", "enum": ["stop", "length"]},
+                        "logprobs": {"type": "null"},
+                    },
                 },
             },
+            "usage": USAGE_SCHEMA,
         },
-        "usage": USAGE_SCHEMA,
-    },
-}
+    }
+
+
+COMPLETION_SCHEMA = completion_response_schema("text_completion", {"text": {"type": "string"}})
 
 
 class Shape:

@@ -388,36 +388,16 @@ def chat_request_schema(max_context: int) -> dict[str, Any]:
     }
 
 
-CHAT_COMPLETION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices", "usage"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"type": "string", "enum": ["chat.completion"]},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["index", "message", "finish_reason"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "message": {
-                        "type": "object",
-                        "required": ["role", "content"],
-                        "properties": {
-                            "role": {"enum": ["assistant"]},
-                            "content": {"type": "string"},
-                        },
-                    },
-                    "finish_reason": {"type": "string", "enum": ["stop", "length"]},
-                    "logprobs": {"type": "null"},
-                },
+CHAT_COMPLETION_SCHEMA = api.completion_response_schema(
+    "chat.completion",
+    {
+        "message": {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"enum": ["assistant"]},
+                "content": {"type": "string"},
             },
-        },
-        "usage": api.USAGE_SCHEMA,
+        }
     },
-}
+)
