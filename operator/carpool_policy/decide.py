@@ -179,15 +179,10 @@ def decide(
         rules.append("burst_reserve")
     # The tighter headroom of the scale-down model held the pool above what the step up needs:
     # a hysteresis that changed the outcome, so it is named with its count.
-    held_for_headroom = (
-        model_down
-        if model_down is not None
-        and not reserved
-        and guarded.up < damped.replicas == min(current, guarded.down)
-        and guarded.down == model_down
-        else None
-    )
-    if held_for_headroom is not None:
+    held_for_headroom = None
+    from_model = model_down is not None and guarded.down == model_down and not reserved
+    if from_model and guarded.up < damped.replicas == min(current, guarded.down):
+        held_for_headroom = model_down
         rules.append("scale_down_headroom")
     rules += list(damped.rules)
     replicas = damped.replicas
