@@ -40,6 +40,18 @@ def test_every_scenario_file_is_a_variant(results):
     assert sorted(r["scenario"] for r in results) == sorted(names)
 
 
+def test_the_whole_day_runs_from_its_own_folder(tmp_path):
+    # The uncompressed day is kept out of the suite's folder (its budget), so nothing else
+    # would notice it rot: its first 300 s, every policy, from the command its header gives.
+    out = tmp_path / "day.json"
+    code = main(["suite", "--scenarios", str(ROOT / "scenarios" / "day"), "--short"]
+                + ["--json", str(out)])  # fmt: skip
+    assert code == 0
+    [result] = json.loads(out.read_text())
+    assert result["scenario"] == "diurnal-24h"
+    assert set(rows(result)) == EXPECTED
+
+
 def test_every_variant_has_every_policy(results):
     for result in results:
         assert set(rows(result)) == EXPECTED, result["scenario"]
