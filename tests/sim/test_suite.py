@@ -44,9 +44,8 @@ def test_the_whole_day_runs_from_its_own_folder(tmp_path):
     # The uncompressed day is kept out of the suite's folder (its budget), so nothing else
     # would notice it rot: its first 300 s, every policy, from the command its header gives.
     out = tmp_path / "day.json"
-    code = main(["suite", "--scenarios", str(ROOT / "scenarios" / "day"), "--short"]
-                + ["--json", str(out)])  # fmt: skip
-    assert code == 0
+    day = ROOT / "scenarios" / "day"
+    assert main(["suite", "--scenarios", str(day), "--short", "--json", str(out)]) == 0
     [result] = json.loads(out.read_text())
     assert result["scenario"] == "diurnal-24h"
     assert set(rows(result)) == EXPECTED
