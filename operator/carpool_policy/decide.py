@@ -118,7 +118,6 @@ def decide(
     lowest = max(spec.min_replicas, 1 if busy else 0)
     anchors: dict[str, tuple[float, float]] = {}
     pessimistic = False  # the scale-down model took the anchored level somewhere
-    model_down = None  # the scale-down model's count, where it asks for more than the step up
     down_loads = loads
     if profile is not None:
         # The step up is sized by the model anchored at the measured queue delay; the step down
@@ -134,7 +133,6 @@ def decide(
         down_loads = pessimism_corrected(unanchored, loads, anchors, tuning)
         up, down = _model_counts(up_plan, down_loads, spec, profile, tuning, current, lowest)
         pessimistic = down_loads != unanchored and down < current
-        model_down = down if down > up else None
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
@@ -179,10 +177,11 @@ def decide(
         rules.append("burst_reserve")
     # The tighter headroom of the scale-down model held the pool above what the step up needs:
     # a hysteresis that changed the outcome, so it is named with its count.
+    # (`down` is the scale-down model's count where there is a profile.)
     held_for_headroom = None
-    from_model = model_down is not None and guarded.down == model_down and not reserved
-    if from_model and guarded.up < damped.replicas == min(current, guarded.down):
-        held_for_headroom = model_down
+    from_model = profile is not None and up < down == guarded.down and not reserved
+    if from_model and guarded.up < damped.replicas == min(current, down):
+        held_for_headroom = down
         rules.append("scale_down_headroom")
     rules += list(damped.rules)
     replicas = damped.replicas
