@@ -246,6 +246,7 @@ def decide(
         recommended_limits=recommended_limits,
         rules=step.rules,
         queue_budget_seconds={n: e.queue_budget for n, e in estimates.items() if e.load.has_sla},
+        needed_replicas=needed,
     )
 
 

@@ -192,6 +192,10 @@ class Decision:
     # Each SLA endpoint's queue budget (seconds) the measured queue delay was judged against;
     # None until known (a TTFT budget alone waits for a service-time measurement).
     queue_budget_seconds: Mapping[str, float | None] = field(default_factory=dict)
+    # What the model (or, where it is contradicted, the measured ratio) and the guard need
+    # before damping, uncapped: above the spec's maximum where even that falls short. The
+    # reason says it in words; None when the metrics could not be acted on.
+    needed_replicas: int | None = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -163,10 +161,12 @@ def test_a_decision_that_departs_from_the_models_need_names_the_rule_that_moved_
         service_times={"inline": ((w.NOW - 60, service),)},
     )
     decision = decide(w.observe(replicas, inline), spec, state, w.NOW, profile=w.profile)
-    # "model needs N replicas ..." or, where the measurement sized the step, "the measured
-    # queue delays need N replicas".
-    need = re.search(r"(?:model needs|delays need) (more than )?(\d+) replicas", decision.reason)
-    assert need is not None, decision.reason
-    needed = spec.max_replicas if need.group(1) else spec.replicas.clamp(int(need.group(2)))
+    assert decision.needed_replicas is not None, decision.reason
+    # The reason says the same count in words ("model needs N replicas", "the measured queue
+    # delays need N replicas", or "more than" the maximum).
+    said = decision.needed_replicas
+    said = f"more than {spec.max_replicas}" if said > spec.max_replicas else said
+    assert f"need {said} replicas" in decision.reason.replace("needs", "need"), decision.reason
+    needed = spec.replicas.clamp(decision.needed_replicas)
     if decision.replicas != needed:
         assert decision.rules, decision.reason
