@@ -158,6 +158,13 @@ def record(
         ("recommended", decision.recommended_replicas),
     ):
         REPLICAS.labels(**labels, state=state).set(value)
+    # What the policy's model and guard need before damping: where desired stays above it, the
+    # stabilization window or a step bound holds the difference. Unknown on a hold for missing
+    # metrics, and then not shown: a stale need would read as today's.
+    if decision.needed_replicas is None:
+        _remove(REPLICAS, namespace, pool, "needed")
+    else:
+        REPLICAS.labels(**labels, state="needed").set(decision.needed_replicas)
     for endpoint in spec.endpoints:
         # An SLA taken out of the spec takes its line out too: the burn-rate alerts read it.
         for gauge, line in (

@@ -192,6 +192,19 @@ def test_the_first_rule_a_decision_names_is_its_reason(pool):
     assert decision_reason(spec(pool), named, "hold") == "queue_within_budget"
 
 
+def test_the_needed_replicas_are_shown_beside_desired_and_go_on_a_hold(pool) -> None:
+    from carpool_operator.control_metrics import record
+
+    labels = {"namespace": "g", "pool": "need"}
+    fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
+    held_up = Decision(**{**decision(5).__dict__, "needed_replicas": 3})
+    record("g", "need", spec(pool), SEEN, held_up, False, False, shown=fresh)
+    assert _gauge("carpool_pool_replicas", **labels, state="desired") == 5
+    assert _gauge("carpool_pool_replicas", **labels, state="needed") == 3
+    record("g", "need", spec(pool), SEEN, decision(5), False, False, shown=fresh)
+    assert _gauge("carpool_pool_replicas", **labels, state="needed") is None
+
+
 def test_the_queue_budget_gauge_is_set_once_known_and_kept_while_unknown(pool) -> None:
     from carpool_operator.control_metrics import record
 
