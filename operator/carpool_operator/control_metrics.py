@@ -159,8 +159,9 @@ def record(
     ):
         REPLICAS.labels(**labels, state=state).set(value)
     # What the policy's model and guard need before damping: where desired stays above it, the
-    # scale-down's tighter headroom, its stabilization window or a step bound holds the rest. Unknown on a hold for missing
-    # metrics, and then not shown: a stale need would read as today's.
+    # scale-down's tighter headroom, its stabilization window or a step bound holds the rest.
+    # Unknown on a hold for missing metrics, and then not shown: a stale need would read as
+    # today's.
     if decision.needed_replicas is None:
         _remove(REPLICAS, namespace, pool, "needed")
     else:
