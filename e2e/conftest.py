@@ -15,6 +15,8 @@ from kubernetes import client
 
 from carpool_cluster import testing
 
+from .operator_support import install_crds, operator_identity
+
 SERVER_VERSION = pytest.StashKey[str]()
 
 
@@ -59,6 +61,29 @@ def identity_kubeconfig(cluster: testing.TestCluster, api: client.ApiClient, tmp
         return testing.identity_kubeconfig(cluster, api, tmp_path, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ns(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """One test module's namespace for its operator and pools, with the CRDs installed. It is
+    named after the module's `NAMESPACE_PREFIX`, so a leftover says which module left it."""
+    install_crds(api)
+    name = testing.create_namespace(api, prefix=getattr(request.module, "NAMESPACE_PREFIX", "e2e"))
+    yield name
+    client.CoreV1Api(api).delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(
+    cluster: testing.TestCluster,
+    api: client.ApiClient,
+    ns: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
+    """The kubeconfig of the operator's ServiceAccount in `ns`, bound to exactly the chart's
+    RBAC rules: the identity every operator under test runs as."""
+    with operator_identity(cluster, api, ns, tmp_path_factory.mktemp("identity")) as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from carpool_cluster import pki, prometheus, testing
+from carpool_cluster import pki, prometheus
 from carpool_cluster.processes import free_port
 from carpool_cluster.testing import wait_for
 
@@ -35,10 +35,9 @@ from .operator_support import (
     VERSION,
     OperatorProcess,
     delete_pools,
-    install_crds,
-    operator_identity,
 )
 
+NAMESPACE_PREFIX = "misconf"
 POOL = "misconf"
 # bcrypt of PASSWORD (cost 4), as Prometheus' web config wants it; made with Python 3.11's
 # crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)).
@@ -105,24 +104,17 @@ class Operators:
 
 
 @pytest.fixture(scope="module")
-def ns(api: client.ApiClient) -> Iterator[str]:
-    install_crds(api)
-    name = testing.create_namespace(api, prefix="misconf")
-    yield name
-    client.CoreV1Api(api).delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operators(cluster, api, ns, gpu_nodes, prometheus_url, tmp_path_factory) -> Iterator[Operators]:
+def operators(
+    api, ns, operator_kubeconfig, gpu_nodes, prometheus_url, tmp_path_factory
+) -> Iterator[Operators]:
     folder = tmp_path_factory.mktemp("operator")
-    with operator_identity(cluster, api, ns, tmp_path_factory.mktemp("identity")) as kubeconfig:
-        running = Operators(kubeconfig, folder, ns, prometheus_url)
+    running = Operators(operator_kubeconfig, folder, ns, prometheus_url)
+    running.run()
+    yield running
+    if running.current is None:
         running.run()
-        yield running
-        if running.current is None:
-            running.run()
-        delete_pools(api, ns)  # while an operator runs, so the finalizer is released
-        running.stop()
+    delete_pools(api, ns)  # while an operator runs, so the finalizer is released
+    running.stop()
 
 
 @pytest.fixture(scope="module")

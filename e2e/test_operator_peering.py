@@ -7,13 +7,11 @@ peering object, and deletes its pools while an operator still runs (their finali
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
 from carpool_operator.kube import Kube
 
@@ -23,25 +21,10 @@ from .operator_support import (
     VERSION,
     OperatorProcess,
     delete_pools,
-    install_crds,
-    operator_identity,
 )
 
+NAMESPACE_PREFIX = "peer"
 RECONCILES = "carpool_operator_reconciles_total"
-
-
-@pytest.fixture(scope="module")
-def ns(api: client.ApiClient) -> Iterator[str]:
-    install_crds(api)
-    name = testing.create_namespace(api, prefix="peer")
-    yield name
-    client.CoreV1Api(api).delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def identity(cluster, api, ns, tmp_path_factory) -> Iterator[Path]:
-    with operator_identity(cluster, api, ns, tmp_path_factory.mktemp("identity")) as path:
-        yield path
 
 
 @pytest.fixture
@@ -49,8 +32,8 @@ def kube(api) -> Kube:
     return Kube(api)
 
 
-def _operator(identity: Path, ns: str, tmp_path: Path, name: str, **options) -> OperatorProcess:
-    return OperatorProcess(identity, tmp_path / f"{name}.log", namespaces=[ns], **options)
+def _operator(kubeconfig: Path, ns: str, tmp_path: Path, name: str, **options) -> OperatorProcess:
+    return OperatorProcess(kubeconfig, tmp_path / f"{name}.log", namespaces=[ns], **options)
 
 
 def _create_pool(api, ns: str, name: str) -> None:
@@ -83,8 +66,8 @@ def _reconciled(kube: Kube, ns: str, name: str, generation: int) -> dict:
     return wait_for(f"pool {name} reconciled at generation {generation}", probe, 90)
 
 
-def test_restart_converges_with_no_duplicates(api, ns, identity, kube, tmp_path):
-    operator = _operator(identity, ns, tmp_path, "first", peering="restart").start()
+def test_restart_converges_with_no_duplicates(api, ns, operator_kubeconfig, kube, tmp_path):
+    operator = _operator(operator_kubeconfig, ns, tmp_path, "first", peering="restart").start()
     try:
         _create_pool(api, ns, "survivor")
         _reconciled(kube, ns, "survivor", 1)
@@ -96,7 +79,7 @@ def test_restart_converges_with_no_duplicates(api, ns, identity, kube, tmp_path)
     _set_image(api, ns, "survivor", "example/worker:0.2.0")
     client.CoreV1Api(api).delete_namespaced_config_map("survivor-limits", ns)
 
-    operator = _operator(identity, ns, tmp_path, "second", peering="restart").start()
+    operator = _operator(operator_kubeconfig, ns, tmp_path, "second", peering="restart").start()
     try:
         _reconciled(kube, ns, "survivor", 2)
         selector = "carpool.dev/pool=survivor,app.kubernetes.io/managed-by=carpool-operator"
@@ -113,11 +96,15 @@ def test_restart_converges_with_no_duplicates(api, ns, identity, kube, tmp_path)
 
 
 def test_of_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
-    api, ns, identity, kube, tmp_path
+    api, ns, operator_kubeconfig, kube, tmp_path
 ):
     lifetime = {"peering": "pair", "peering_lifetime_seconds": 10}
-    active = _operator(identity, ns, tmp_path, "active", priority=200, **lifetime).start()
-    standby = _operator(identity, ns, tmp_path, "standby", priority=100, **lifetime).start()
+    active = _operator(
+        operator_kubeconfig, ns, tmp_path, "active", priority=200, **lifetime
+    ).start()
+    standby = _operator(
+        operator_kubeconfig, ns, tmp_path, "standby", priority=100, **lifetime
+    ).start()
     try:
         wait_for(
             "both replicas in the peering object",

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
 from carpool_operator import limits
 from carpool_operator.kube import Kube
@@ -29,10 +27,9 @@ from .operator_support import (
     VERSION,
     OperatorProcess,
     delete_pools,
-    install_crds,
-    operator_identity,
 )
 
+NAMESPACE_PREFIX = "op"
 OWNED = {
     "Deployment": "{}-worker",
     "Service": "{}",
@@ -40,20 +37,6 @@ OWNED = {
     "Secret": "{}-admin",
     "PodDisruptionBudget": "{}-worker",
 }
-
-
-@pytest.fixture(scope="module")
-def ns(api: client.ApiClient) -> Iterator[str]:
-    install_crds(api)
-    name = testing.create_namespace(api, prefix="op")
-    yield name
-    client.CoreV1Api(api).delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(cluster, api, ns, tmp_path_factory) -> Iterator[Path]:
-    with operator_identity(cluster, api, ns, tmp_path_factory.mktemp("identity")) as path:
-        yield path
 
 
 @pytest.fixture(scope="module")

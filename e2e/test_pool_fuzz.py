@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
-from carpool_cluster import testing
 from carpool_cluster.testing import wait_for
 from carpool_operator import drift
 from carpool_operator.kube import Kube
@@ -38,10 +37,9 @@ from .operator_support import (
     VERSION,
     OperatorProcess,
     delete_pools,
-    install_crds,
-    operator_identity,
 )
 
+NAMESPACE_PREFIX = "fuzz"
 EXAMPLES = 100
 # No node carries this label, so the worker pods stay Pending: the operator's work is what is
 # under test, and two shared cores cannot run dozens of workers.
@@ -50,24 +48,15 @@ GO_INTERNALS = re.compile(r"&value\.|valueUnstructured|\bmap\[string\]interface|
 
 
 @pytest.fixture(scope="module")
-def ns(api: client.ApiClient) -> Iterator[str]:
-    install_crds(api)
-    name = testing.create_namespace(api, prefix="fuzz")
-    yield name
-    client.CoreV1Api(api).delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def operator(cluster, api, ns, tmp_path_factory) -> Iterator[OperatorProcess]:
-    folder = tmp_path_factory.mktemp("fuzz")
-    with operator_identity(cluster, api, ns, folder) as kubeconfig:
-        process = OperatorProcess(kubeconfig, folder / "operator.log", namespaces=[ns])
-        process.start()
-        try:
-            yield process
-        finally:
-            delete_pools(api, ns)  # while the operator runs, so their finalizers are released
-            process.stop()
+def operator(api, ns, operator_kubeconfig, tmp_path_factory) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("fuzz") / "operator.log"
+    process = OperatorProcess(operator_kubeconfig, log, namespaces=[ns])
+    process.start()
+    try:
+        yield process
+    finally:
+        delete_pools(api, ns)  # while the operator runs, so their finalizers are released
+        process.stop()
 
 
 # --- the generator: valid pools, and the mistakes a user makes in them ------------------------
