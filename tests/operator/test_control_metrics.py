@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from carpool_operator.control_metrics import DECISION_REASONS, decision_action, decision_reason
@@ -147,7 +149,7 @@ def test_forget_drops_every_series_of_one_pool_and_only_its(pool) -> None:
     from carpool_operator.control_metrics import count_error, forget, record
     from carpool_operator.metrics import REGISTRY
 
-    limited = Observation(**{**SEEN.__dict__, "pending_unschedulable_replicas": 1})
+    limited = replace(SEEN, pending_unschedulable_replicas=1)
     fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
     for name in ("gone", "kept"):
         record("g", name, spec(pool), limited, decision(2), True, False, shown=fresh)
@@ -188,7 +190,7 @@ def test_every_rule_the_policy_names_is_a_decision_reason_and_each_names_one_thi
 
 
 def test_the_first_rule_a_decision_names_is_its_reason(pool):
-    named = Decision(**{**decision(2).__dict__, "rules": ("queue_within_budget", "stabilizing")})
+    named = replace(decision(2), rules=("queue_within_budget", "stabilizing"))
     assert decision_reason(spec(pool), named, "hold") == "queue_within_budget"
 
 
@@ -197,7 +199,7 @@ def test_the_needed_replicas_are_shown_beside_desired_and_go_on_a_hold(pool) -> 
 
     labels = {"namespace": "g", "pool": "need"}
     fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
-    held_up = Decision(**{**decision(5).__dict__, "needed_replicas": 3})
+    held_up = replace(decision(5), needed_replicas=3)
     record("g", "need", spec(pool), SEEN, held_up, False, False, shown=fresh)
     assert _gauge("carpool_pool_replicas", **labels, state="desired") == 5
     assert _gauge("carpool_pool_replicas", **labels, state="needed") == 3
@@ -210,11 +212,11 @@ def test_the_queue_budget_gauge_is_set_once_known_and_kept_while_unknown(pool) -
 
     labels = {"namespace": "g", "pool": "queue", "endpoint": "inline-completion"}
     fresh = (Condition("MetricsAvailable", "True", "MetricsFresh", ""),)
-    unknown = Decision(**{**decision(2).__dict__, "queue_budget_seconds": {}})
+    unknown = replace(decision(2), queue_budget_seconds={})
     record("g", "queue", spec(pool), SEEN, unknown, False, False, shown=fresh)
     assert _gauge("carpool_endpoint_queue_budget_seconds", **labels) is None
     known = {"inline-completion": 0.65}
-    judged = Decision(**{**decision(2).__dict__, "queue_budget_seconds": known})
+    judged = replace(decision(2), queue_budget_seconds=known)
     record("g", "queue", spec(pool), SEEN, judged, False, False, shown=fresh)
     assert _gauge("carpool_endpoint_queue_budget_seconds", **labels) == 0.65
     record("g", "queue", spec(pool), SEEN, unknown, False, False, shown=fresh)
