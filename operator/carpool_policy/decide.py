@@ -16,7 +16,8 @@ The stages, one module each:
 
     estimate  rates, token means, measured queue delay and service time, queue budgets (estimate)
     plan      the model, its prefill priced over each endpoint's measured prompt mix and
-              anchored at the measured queue delay: fewest replicas + limits whose predicted
+              anchored at the measured queue delay (while pods start, at no stricter a level
+              than with every pod last ready): fewest replicas + limits whose predicted
               queue delay fits (planner); the scale-down count from the model as it is, or
               anchored where the measurement contradicts it, within a tighter headroom
               (where that needs more than the step up, the pool holds at it: named
@@ -42,6 +43,7 @@ from carpool_policy.estimate import Estimate, estimate
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for
 from carpool_policy.guard import guard, measured_ratios, ratio_step
 from carpool_policy.planner import (
+    Anchoring,
     Plan,
     anchor,
     burst_reserve,
@@ -69,6 +71,7 @@ class Step:
     """What one decision worked out, for the explanation."""
 
     current: int
+    ready: int
     replicas: int
     recommended: int
     needed: int  # what the model and the guard need before damping, uncapped by max
@@ -78,6 +81,8 @@ class Step:
     plan: Plan | None
     capacity_limited: bool
     anchors: Mapping[str, tuple[float, float]]  # endpoint: (model's queue delay, measured)
+    # Endpoints anchored at the level of the last time every pod was ready (pods starting).
+    held_anchors: tuple[str, ...] = ()
     reserve: int | None = None  # the burst reserve where it stopped a scale-down
     # The scale-down model's count where it, not the scale-up model, set the pool's size.
     held_for_headroom: int | None = None
@@ -116,7 +121,9 @@ def decide(
         loads = _priced(loads, estimates, profile)
     busy = any(load.arrival_rate > 0 or load.backlogged for load in loads)
     lowest = max(spec.min_replicas, 1 if busy else 0)
-    anchors: dict[str, tuple[float, float]] = {}
+    anchoring = Anchoring(loads, {}, {})
+    anchor_held = False  # the held anchor kept the model from a larger step up
+    settled = observation.ready_replicas >= current
     pessimistic = False  # the scale-down model took the anchored level somewhere
     down_loads = loads
     if profile is not None:
@@ -125,18 +132,24 @@ def decide(
         # weak evidence that fewer replicas would hold the next burst), except for endpoints
         # where that level is contradicted (`model_pessimistic`).
         unanchored = loads
-        loads, anchors = anchor(
-            loads, _measured(estimates, tuning), held, observation.ready_replicas, profile, tuning
-        )
+        measured = _measured(estimates, tuning)
+        ready = observation.ready_replicas
+        held_scales = {} if settled else _held_scales(state, now, tuning)
+        anchoring = anchor(loads, measured, held, ready, profile, tuning, held_scales)
+        loads = anchoring.loads
         highest = spec.max_replicas
         up_plan = plan(loads, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
-        down_loads = pessimism_corrected(unanchored, loads, anchors, tuning)
+        if anchoring.held:
+            fresh = anchor(unanchored, measured, held, ready, profile, tuning).loads
+            fresh_up = plan(fresh, spec, profile, tuning, tuning.budget_headroom, lowest, highest)
+            anchor_held = fresh_up.replicas > max(up_plan.replicas, current)
+        down_loads = pessimism_corrected(unanchored, loads, anchoring.anchors, tuning)
         up, down = _model_counts(up_plan, down_loads, spec, profile, tuning, current, lowest)
         pessimistic = down_loads != unanchored and down < current
     else:
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
-    unbounded = any(math.isinf(predicted) for predicted, _ in anchors.values())
+    unbounded = any(math.isinf(predicted) for predicted, _ in anchoring.anchors.values())
     guarded = guard(up, down, current, estimates, observation, tuning, unbounded)
     # An idle pool keeps no reserve: `replicas.min` (0 allows scale-to-zero) says what a pool
     # without traffic should hold, and an hour-old peak does not.
@@ -172,6 +185,8 @@ def decide(
     # short of it; the pessimism correction only where the scale-down it sized stood.
     reserved = reserve is not None and damped.replicas == min(current, reserve)
     rules = ["model_pessimistic"] if pessimistic and guarded.down < current and not reserved else []
+    if anchor_held:
+        rules.append("anchor_held")
     rules += list(guarded.rules)
     if reserved:
         rules.append("burst_reserve")
@@ -210,6 +225,7 @@ def decide(
         rules.append("not_auto")
     step = Step(
         current=current,
+        ready=observation.ready_replicas,
         replicas=replicas,
         recommended=recommended,
         needed=needed,
@@ -218,7 +234,8 @@ def decide(
         damping_note=damped.note,
         plan=chosen_plan,
         capacity_limited=capacity_limited,
-        anchors=anchors,
+        anchors=anchoring.anchors,
+        held_anchors=anchoring.held,
         reserve=reserve if reserved else None,
         held_for_headroom=held_for_headroom,
     )
@@ -233,6 +250,11 @@ def decide(
             n: e.sustained_history for n, e in estimates.items() if e.sustained_history
         },
         peak_rates={n: e.peak_history for n, e in estimates.items() if e.peak_history},
+        anchor_scales=(
+            {n: (now, scale) for n, scale in anchoring.scales.items()}
+            if settled
+            else state.anchor_scales
+        ),
     )
     return Decision(
         replicas=replicas,
@@ -302,6 +324,15 @@ def _measured(estimates: Mapping[str, Estimate], tuning: Tuning) -> dict[str, fl
         name: e.queue_delay_p95
         for name, e in estimates.items()
         if e.queue_delay_p95 is not None and e.observed_rate >= tuning.min_feedback_rate
+    }
+
+
+def _held_scales(state: PolicyState, now: float, tuning: Tuning) -> dict[str, float]:
+    """The anchor scales of the last time every pod was ready, where recent enough to hold."""
+    return {
+        name: scale
+        for name, (at, scale) in state.anchor_scales.items()
+        if now - at <= tuning.anchor_hold_seconds
     }
 
 

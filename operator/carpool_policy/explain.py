@@ -36,6 +36,7 @@ RULES = (
     "queue_wait_missing",  # an SLA endpoint has traffic but no queue delay measured: no scale-down
     "model_unbounded",  # model: ready pods overloaded; measured: a finite queue. Ratio sizes up
     "model_pessimistic",  # model: ready pods over target; measured: a quiet queue. Anchored down
+    "anchor_held",  # pods starting: the model keeps the level of the last settled measurement
     "queue_breach",  # measured queue delay p95 over its budget: scale up, whatever the model says
     "queue_within_budget",  # measured queue delay within the headroom: the model may not scale up
     "queue_not_low",  # measured queue delay above the quiet fraction: no scale-down
@@ -233,7 +234,11 @@ def reason_for(
         (True, "model anchored at the measured queue delay"),
         (False, "model predicts an unbounded queue where a finite one was measured"),
     ):
-        named = {n: pm for n, pm in step.anchors.items() if math.isinf(pm[0]) != finite}
+        named = {
+            n: pm
+            for n, pm in step.anchors.items()
+            if math.isinf(pm[0]) != finite and n not in step.held_anchors
+        }
         # An unbounded prediction matters only where it made the measurement size the step.
         if named and (finite or "model_unbounded" in step.rules):
             parts.append(
@@ -244,6 +249,16 @@ def reason_for(
                 )
                 + ")"
             )
+    if step.held_anchors:
+        starting = step.current - step.ready
+        parts.append(
+            f"while {starting} {'pod starts' if starting == 1 else 'pods start'}, the model"
+            " keeps the level measured when every pod was last ready ("
+            + ", ".join(
+                f"{name} measured now {_ms(step.anchors[name][1])}" for name in step.held_anchors
+            )
+            + ": the backlog the pods asked for will clear)"
+        )
     if step.reserve is not None:
         peaks = ", ".join(
             f"{name} {e.reserve_rate:.2f} req/s sustained, {e.burst_rate:.2f} in "

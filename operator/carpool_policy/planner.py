@@ -5,7 +5,8 @@ replicas lie in [lowest, highest] and whose limits lie inside the spec's bounds.
 whether the targets are met; when even `highest` replicas cannot meet them the plan is for
 `highest` with the throughput classes' shares shrunk (`shrunk` names them).
 `anchor` gives the loads the scale-up plans for (the model's level taken from the measured
-queue delay), `pessimism_corrected` the loads the scale-down plans for (the model as it is,
+queue delay, or while pods start from the last settled one where that is more generous), as an
+`Anchoring`; `pessimism_corrected` the loads the scale-down plans for (the model as it is,
 anchored only where the measurement contradicts it). `burst_reserve` is the fewest replicas a
 scale-down may leave: those that would keep each SLA endpoint's queueing within its whole TTFT
 budget at the highest rate it sustained over the burst memory, and admit its busiest burst
@@ -75,6 +76,17 @@ def plan(
     return limits_at(loads, endpoints, highest, profile, tuning, headroom, favourable)
 
 
+@dataclass(frozen=True)
+class Anchoring:
+    """What `anchor` did: the loads the step up plans for, and per SLA endpoint anchored (or
+    predicted unbounded) the model's queue delay at the ready pods and the measured one."""
+
+    loads: tuple[EndpointLoad, ...]
+    anchors: Mapping[str, tuple[float, float]]  # endpoint: (predicted, measured)
+    scales: Mapping[str, float]  # endpoint: the budget scale the measurement gives now
+    held: tuple[str, ...] = ()  # endpoints whose budget took the held scale instead
+
+
 def anchor(
     loads: Sequence[EndpointLoad],
     measured: Mapping[str, float],
@@ -82,7 +94,8 @@ def anchor(
     ready: int,
     profile: Profile,
     tuning: Tuning,
-) -> tuple[tuple[EndpointLoad, ...], dict[str, tuple[float, float]]]:
+    held_scales: Mapping[str, float] | None = None,
+) -> Anchoring:
     """The model anchored at the measured operating point: where an SLA endpoint's queue delay
     measured at `ready` replicas (`measured`, seconds) is below what the model predicts there,
     its queue budget is scaled by predicted / measured, so the model keeps its shape (how the
@@ -92,11 +105,16 @@ def anchor(
     rule answers for traffic worse than the model. A prediction of an ever-growing queue where a
     finite one was measured cannot be anchored (no scale maps infinity onto a measurement); it
     is returned as (inf, measured) and `decide` sizes that step from the measurement alone.
-    Returns the loads and, per endpoint anchored or predicted unbounded, (predicted, measured)."""
+
+    `held_scales` (while pods start): the scales measured when every pod was last ready. An
+    endpoint's budget takes the larger of its held scale and the one measured now. A queue
+    measured while the pods asked for are starting holds the backlog built before they come,
+    which they are asked to clear already: it may make the model's level more generous, never
+    stricter, or each rising minute of one shortfall would ask for more pods again."""
     if ready <= 0 or not measured:
-        return tuple(loads), {}
+        return Anchoring(tuple(loads), {}, {})
     at_ready = forecast(loads, limits, ready, profile, tuning)
-    anchored, anchors = [], {}
+    anchored, anchors, scales, held = [], {}, {}, []
     for load in loads:
         seen = measured.get(load.name)
         if seen is None or load.queue_budget_seconds is None:
@@ -107,13 +125,18 @@ def anchor(
         floor = tuning.queue_quiet_fraction * load.queue_budget_seconds
         if math.isinf(predicted):
             anchors[load.name] = (predicted, seen)
-        if math.isinf(predicted) or not predicted > max(seen, floor):
-            anchored.append(load)
-            continue
-        scale = predicted / max(seen, floor)
-        anchors[load.name] = (predicted, seen)
+        scale = 1.0
+        if not math.isinf(predicted) and predicted > max(seen, floor):
+            scale = predicted / max(seen, floor)
+            scales[load.name] = scale
+            anchors[load.name] = (predicted, seen)
+        kept = (held_scales or {}).get(load.name, 0.0)
+        if kept > scale:
+            scale = kept
+            held.append(load.name)
+            anchors.setdefault(load.name, (predicted, seen))
         anchored.append(replace(load, queue_budget_seconds=load.queue_budget_seconds * scale))
-    return tuple(anchored), anchors
+    return Anchoring(tuple(anchored), anchors, scales, tuple(held))
 
 
 def pessimism_corrected(

@@ -36,6 +36,9 @@ class PolicyState:
     # Per SLA endpoint, (minute start, the highest rate measured over a burst window in that
     # minute) over the burst memory (`estimate.peak_rates`).
     peak_rates: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    # Per SLA endpoint, (time, budget scale) of the model's anchor the last time every pod was
+    # ready (`planner.anchor`): what a step up plans with while the pods it asked for start.
+    anchor_scales: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class PolicyState:
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
             "sustainedRates": _minute_rates_dict(self.sustained_rates),
             "peakRates": _minute_rates_dict(self.peak_rates),
+            "anchorScales": {k: [t, v] for k, (t, v) in self.anchor_scales.items()},
         }
 
     @classmethod
@@ -72,6 +76,7 @@ class PolicyState:
                 },
                 sustained_rates=_minute_rates(data.get("sustainedRates")),
                 peak_rates=_minute_rates(data.get("peakRates")),
+                anchor_scales=_anchor_scales(data.get("anchorScales")),
             )
         except (TypeError, ValueError, IndexError, AttributeError):
             return cls()
@@ -91,3 +96,9 @@ def _minute_rates(data: Any) -> dict[str, tuple[tuple[float, float], ...]]:
         str(k): tuple((float(t), float(r)) for t, r in v if math.isfinite(float(r)))
         for k, v in (data or {}).items()
     }
+
+
+def _anchor_scales(data: Any) -> dict[str, tuple[float, float]]:
+    # A scale is a ratio of two positive delays; anything else (an edit) would plan for nonsense.
+    scales = {str(k): (float(t), float(v)) for k, (t, v) in (data or {}).items()}
+    return {k: (t, v) for k, (t, v) in scales.items() if math.isfinite(v) and v > 0}

@@ -55,6 +55,10 @@ class Tuning:
     # a step back up to a recent rate is then absorbed by the pods that serve, not by a queue
     # that grows for a pod's start-up.
     burst_memory_seconds: float = 3600.0
+    # While pods start, a step up plans with the model's anchor of the last time every pod was
+    # ready (`planner.anchor`), if it is at most this old: longer than pods take to start, short
+    # enough that a pool stuck with pods that never start does not plan with an old level.
+    anchor_hold_seconds: float = 300.0
     # Token lengths assumed for an endpoint that has never been measured.
     default_prompt_tokens: float = 512.0
     default_generated_tokens: float = 128.0

@@ -129,6 +129,52 @@ def test_the_step_up_is_sized_by_the_model_anchored_at_the_measured_queue_delay(
     assert plan(unanchored, w.spec(), w.profile, DEFAULT_TUNING, 0.85, 1, 16).replicas == 8
 
 
+def stepped_up(w):
+    """The anchored step up of the test above (6 -> 7 replicas), and an observation 15 s later
+    with the new pod still starting and the queue measured at `queue` seconds."""
+    observation = w.observe(6, w.traffic(rate=44.0, ttft=1.45, queue=1.05, service=0.4))
+    first = decide(observation, w.spec(), with_service(w, 0.4), w.NOW, w.profile)
+    assert first.replicas == 7 and "inline" in first.state.anchor_scales
+
+    def later(queue: float, ready: int = 6):
+        inline = w.traffic(rate=44.0, ttft=queue + 0.4, queue=queue, service=0.4)
+        return w.observe(7, inline, ready=ready, sampled_at=w.NOW + 10)
+
+    return first.state, later
+
+
+def test_while_the_pods_asked_for_start_a_rising_queue_does_not_ask_for_more(w):
+    # The queue built on 6 pods while the 7th starts reads 2 s: the backlog the 7th is asked to
+    # clear. The model keeps the level it was anchored at when every pod was ready and asks for
+    # no more; anchored at the rising measurement it would ask for 8.
+    state, later = stepped_up(w)
+    decision = decide(later(2.0), w.spec(), state, w.NOW + 15, w.profile)
+    assert decision.replicas == 7
+    assert "anchor_held" in decision.rules
+    assert "while 1 pod starts, the model keeps the level measured" in decision.reason
+    unheld = dataclasses.replace(state, anchor_scales={})
+    assert decide(later(2.0), w.spec(), unheld, w.NOW + 15, w.profile).replicas == 8
+
+
+def test_the_held_anchor_expires(w):
+    state, later = stepped_up(w)
+    now = w.NOW + DEFAULT_TUNING.anchor_hold_seconds + 1
+    observation = dataclasses.replace(later(2.0), sampled_at=now - 5)
+    decision = decide(observation, w.spec(), state, now, w.profile)
+    assert decision.replicas == 8
+    assert "anchor_held" not in decision.rules
+
+
+def test_once_every_pod_is_ready_the_measurement_anchors_again(w):
+    # The same 2 s with all 7 pods ready is a measured breach of the pool as it is, and above
+    # what the model predicts there: nothing anchors the model, and the old level is dropped.
+    state, later = stepped_up(w)
+    decision = decide(later(2.0, ready=7), w.spec(), state, w.NOW + 15, w.profile)
+    assert decision.replicas > 7
+    assert "queue_breach" in decision.rules and "anchor_held" not in decision.rules
+    assert decision.state.anchor_scales == {}
+
+
 def test_a_model_that_calls_the_ready_pods_overloaded_does_not_size_the_step(w):
     # 40 req/s on 2 replicas: the model predicts an ever-growing queue there, yet the queue was
     # measured at 1000 ms of 1100 ms. HPA's ratio rule on the measurement sizes the step:

@@ -51,6 +51,15 @@ def states(draw, now):
                 )
             )
         },
+        # A held anchor of any level, recent or expired, for the decisions taken while pods start.
+        anchor_scales=draw(
+            st.just({})
+            | st.builds(
+                lambda at, scale: {"inline": (at, scale)},
+                st.floats(now - 900, now),
+                st.floats(1.0, 1000.0),
+            )
+        ),
     )
 
 

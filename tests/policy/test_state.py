@@ -16,6 +16,7 @@ FULL = PolicyState(
     service_times={"inline": ((1.0, 0.25), (16.0, 0.3))},
     token_means={"inline": (2048.0, 28.0)},
     sustained_rates={"inline": ((60.0, 4.5), (120.0, 5.25))},
+    anchor_scales={"inline": (115.0, 2.5)},
 )
 
 
@@ -27,6 +28,12 @@ def test_an_edited_infinite_sustained_rate_is_dropped_not_planned_for():
     edited = FULL.to_dict()
     edited["sustainedRates"] = {"inline": [[60.0, "inf"], [120.0, 5.25]]}
     assert PolicyState.from_dict(edited).sustained_rates == {"inline": ((120.0, 5.25),)}
+
+
+def test_an_edited_anchor_scale_that_is_no_ratio_of_delays_is_dropped():
+    edited = FULL.to_dict()
+    edited["anchorScales"] = {"inline": [115.0, "inf"], "offline": [115.0, -1.0]}
+    assert PolicyState.from_dict(edited).anchor_scales == {}
 
 
 @pytest.mark.parametrize(
