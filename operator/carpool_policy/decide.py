@@ -24,7 +24,9 @@ The stages, one module each:
               `scale_down_headroom`) (planner)
     guard     measured queue delay decides the direction and overrides the model; where the
               model calls the ready replicas overloaded but their queue was measured finite,
-              the measurement sizes the step (guard); with a profile, a scale-down the guard
+              the measurement sizes the step (guard); a step up goes no further than the
+              pool's recent operating points measured within budget need at the rates now
+              (operating_points); with a profile, a scale-down the guard
               lets stand stops at the burst reserve, what the last hour's sustained peak rate
               and its busiest burst window need (planner), unless the pool has no traffic
     damp      fast up, stabilized down, bounded steps (damping)
@@ -42,6 +44,12 @@ from carpool_policy.damping import damp
 from carpool_policy.estimate import Estimate, estimate
 from carpool_policy.explain import conditions_for, metrics_problem, reason_for
 from carpool_policy.guard import guard, measured_ratios, ratio_step
+from carpool_policy.operating_points import (
+    observed_point,
+    remembered,
+    sla_rates,
+    step_up_bound,
+)
 from carpool_policy.planner import (
     Anchoring,
     Plan,
@@ -86,6 +94,8 @@ class Step:
     reserve: int | None = None  # the burst reserve where it stopped a scale-down
     # The scale-down model's count where it, not the scale-up model, set the pool's size.
     held_for_headroom: int | None = None
+    # (bound, the step up it held) where the pool's recent operating points held the step up.
+    operating_bound: tuple[int, int] | None = None
 
     @property
     def loads(self) -> tuple[EndpointLoad, ...]:
@@ -150,7 +160,13 @@ def decide(
         up_plan = None
         up, down = _measured_counts(estimates, observation, current, lowest, tuning)
     unbounded = any(math.isinf(predicted) for predicted, _ in anchoring.anchors.values())
-    guarded = guard(up, down, current, estimates, observation, tuning, unbounded)
+    # What the pool's own recent operating points say a step up needs at the rates now.
+    points = remembered(state.operating_points, now, tuning)
+    measured_bound = step_up_bound(points, sla_rates(estimates, observation), current)
+    point = observed_point(current, estimates, observation, now, tuning)
+    if point is not None:
+        points += (point,)
+    guarded = guard(up, down, current, estimates, observation, tuning, unbounded, measured_bound)
     # An idle pool keeps no reserve: `replicas.min` (0 allows scale-to-zero) says what a pool
     # without traffic should hold, and an hour-old peak does not.
     reserve = None
@@ -238,6 +254,9 @@ def decide(
         held_anchors=anchoring.held,
         reserve=reserve if reserved else None,
         held_for_headroom=held_for_headroom,
+        operating_bound=(
+            None if guarded.bounded_from is None else (guarded.up, guarded.bounded_from)
+        ),
     )
     new_state = PolicyState(
         recommendations=damped.history,
@@ -250,6 +269,7 @@ def decide(
             n: e.sustained_history for n, e in estimates.items() if e.sustained_history
         },
         peak_rates={n: e.peak_history for n, e in estimates.items() if e.peak_history},
+        operating_points=points,
         anchor_scales=(
             {n: (now, scale) for n, scale in anchoring.scales.items()}
             if settled

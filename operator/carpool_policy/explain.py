@@ -38,6 +38,7 @@ RULES = (
     "model_pessimistic",  # model: ready pods over target; measured: a quiet queue. Anchored down
     "anchor_held",  # pods starting: the model keeps the level of the last settled measurement
     "queue_breach",  # measured queue delay p95 over its budget: scale up, whatever the model says
+    "operating_point",  # step up bounded by a recent count measured within budget, rate-scaled
     "queue_within_budget",  # measured queue delay within the headroom: the model may not scale up
     "queue_not_low",  # measured queue delay above the quiet fraction: no scale-down
     "burst_reserve",  # scale-down stops at what the last hour's peak rate and bursts need
@@ -249,6 +250,13 @@ def reason_for(
                 )
                 + ")"
             )
+    if step.operating_bound is not None:
+        bound, asked = step.operating_bound
+        parts.append(
+            f"step up to {bound} replicas, not {asked}: what the replica counts measured within"
+            f" budget over the last {tuning.operating_point_memory_seconds / 60:g} min need at"
+            " the rates now"
+        )
     if step.held_anchors:
         starting = step.current - step.ready
         parts.append(

@@ -15,6 +15,9 @@ direction; the model only sizes the step, except where it cannot:
 - `queue_breach`: an SLA endpoint's measured queue delay is over its queue budget (with every pod
   ready and enough traffic to trust the p95): at least one replica more, as many as the model
   asks, else the current count grown in proportion to the overshoot (at most double).
+- `operating_point`: a step up goes no further than `measured_bound`, the count a recent
+  operating point of the pool measured within budget scales to at the rates now
+  (`carpool_policy.operating_points`), and at least one replica.
 - `queue_within_budget`: every SLA endpoint with traffic is measured within `budget_headroom`
   of its queue budget (the share the model plans to use) and no throughput class is turning
   requests away: the model may not scale up on its own.
@@ -45,6 +48,7 @@ class Guarded:
     down: int
     rules: tuple[str, ...]
     breached: tuple[str, ...]  # SLA endpoints measured over their queue budget
+    bounded_from: int | None = None  # the step up `operating_point` bounded
 
 
 def guard(
@@ -55,6 +59,7 @@ def guard(
     observation: Observation,
     tuning: Tuning,
     model_unbounded: bool = False,
+    measured_bound: int | None = None,
 ) -> Guarded:
     rules: list[str] = []
     if model_unbounded and up > current:
@@ -83,13 +88,17 @@ def guard(
     elif up > current and _all_quiet(estimates, observation, tuning):
         up = current
         rules.append("queue_within_budget")
+    bounded_from = None
+    if up > current and measured_bound is not None and measured_bound < up:
+        bounded_from, up = up, max(current + 1, measured_bound)
+        rules.append("operating_point")
     down = max(down, up)
     if down < current:
         held = _scale_down_blocked(estimates, observation, tuning)
         if held:
             down = current
             rules.append(held)
-    return Guarded(up, down, tuple(rules), breached)
+    return Guarded(up, down, tuple(rules), breached, bounded_from)
 
 
 def measured_ratio(estimate: Estimate, observed: EndpointObservation) -> float | None:
@@ -134,13 +143,28 @@ def _ratio(estimate: Estimate, observation: Observation, tuning: Tuning) -> floa
     return measured_ratio(estimate, seen) or 0.0
 
 
+def turning_away(estimates: Mapping[str, Estimate], observation: Observation) -> tuple[str, ...]:
+    """The throughput classes turning requests away: they need capacity no queue budget
+    measures."""
+    return tuple(
+        name
+        for name, e in estimates.items()
+        if not e.load.has_sla
+        and (
+            (observation.endpoints.get(name) or EndpointObservation()).rejected_rate_per_second
+            or 0.0
+        )
+        > 0
+    )
+
+
 def _all_quiet(estimates: Mapping[str, Estimate], observation: Observation, tuning: Tuning) -> bool:
+    if turning_away(estimates, observation):
+        return False
     judged = False
     for name, e in estimates.items():
         seen = observation.endpoints.get(name) or EndpointObservation()
         if not e.load.has_sla:
-            if (seen.rejected_rate_per_second or 0.0) > 0:
-                return False  # a throughput class turned away: it needs the capacity
             continue
         if e.observed_rate <= 0:
             continue

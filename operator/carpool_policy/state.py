@@ -19,6 +19,15 @@ STATE_SCHEMA = "carpool.dev/policy-state/v1"
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """A replica count measured to serve within every queue budget (`operating_points`)."""
+
+    at: float  # when it was measured (Unix seconds)
+    replicas: int  # every one of them ready
+    rates: Mapping[str, float]  # SLA endpoint: its busiest arrival rate then (req/s)
+
+
+@dataclass(frozen=True)
 class PolicyState:
     # (time, replicas) the model recommended, oldest first, kept for one stabilization window.
     recommendations: tuple[tuple[float, int], ...] = ()
@@ -36,6 +45,8 @@ class PolicyState:
     # Per SLA endpoint, (minute start, the highest rate measured over a burst window in that
     # minute) over the burst memory (`estimate.peak_rates`).
     peak_rates: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    # The operating points measured over their memory, oldest first (`operating_points`).
+    operating_points: tuple[OperatingPoint, ...] = ()
     # Per SLA endpoint, (time, budget scale) of the model's anchor the last time every pod was
     # ready (`planner.anchor`): what a step up plans with while the pods it asked for start.
     anchor_scales: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -51,6 +62,10 @@ class PolicyState:
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
             "sustainedRates": _minute_rates_dict(self.sustained_rates),
             "peakRates": _minute_rates_dict(self.peak_rates),
+            "operatingPoints": [
+                {"at": p.at, "replicas": p.replicas, "rates": dict(p.rates)}
+                for p in self.operating_points
+            ],
             "anchorScales": {k: [t, v] for k, (t, v) in self.anchor_scales.items()},
         }
 
@@ -77,8 +92,9 @@ class PolicyState:
                 sustained_rates=_minute_rates(data.get("sustainedRates")),
                 peak_rates=_minute_rates(data.get("peakRates")),
                 anchor_scales=_anchor_scales(data.get("anchorScales")),
+                operating_points=_operating_points(data.get("operatingPoints")),
             )
-        except (TypeError, ValueError, IndexError, AttributeError):
+        except (TypeError, ValueError, IndexError, AttributeError, KeyError):
             return cls()
 
 
@@ -102,3 +118,20 @@ def _anchor_scales(data: Any) -> dict[str, tuple[float, float]]:
     # A scale is a ratio of two positive delays; anything else (an edit) would plan for nonsense.
     scales = {str(k): (float(t), float(v)) for k, (t, v) in (data or {}).items()}
     return {k: (t, v) for k, (t, v) in scales.items() if math.isfinite(v) and v > 0}
+
+
+def _operating_points(data: Any) -> tuple[OperatingPoint, ...]:
+    points = (
+        OperatingPoint(
+            float(p["at"]),
+            int(p["replicas"]),
+            {str(k): float(v) for k, v in p["rates"].items()},
+        )
+        for p in data or ()
+    )
+    # An edited rate that is not a finite, non-negative number would scale a bound to nonsense.
+    return tuple(
+        p
+        for p in points
+        if p.replicas > 0 and all(math.isfinite(r) and r >= 0 for r in p.rates.values())
+    )

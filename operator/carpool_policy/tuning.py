@@ -59,6 +59,10 @@ class Tuning:
     # ready (`planner.anchor`), if it is at most this old: longer than pods take to start, short
     # enough that a pool stuck with pods that never start does not plan with an old level.
     anchor_hold_seconds: float = 300.0
+    # A step up goes no further than the replica counts measured within budget over this long
+    # need at the rates now (`operating_points`): as long as the service-time memory, over
+    # which the prompt mix that sets a pod's capacity is taken to hold.
+    operating_point_memory_seconds: float = 600.0
     # Token lengths assumed for an endpoint that has never been measured.
     default_prompt_tokens: float = 512.0
     default_generated_tokens: float = 128.0

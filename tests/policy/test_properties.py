@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from carpool_policy import EndpointObservation, Observation, PolicyState, decide
+from carpool_policy.state import OperatingPoint
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -51,6 +52,20 @@ def states(draw, now):
                 )
             )
         },
+        # Operating points of any count and rate, recent or forgotten: a step up's bound.
+        operating_points=tuple(
+            draw(
+                st.lists(
+                    st.builds(
+                        lambda at, n, rate: OperatingPoint(at, n, {"inline": rate}),
+                        st.floats(now - 900, now),
+                        st.integers(1, 40),
+                        st.floats(0.0, 400.0),
+                    ),
+                    max_size=3,
+                )
+            )
+        ),
         # A held anchor of any level, recent or expired, for the decisions taken while pods start.
         anchor_scales=draw(
             st.just({})

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from carpool_policy import PolicyState
+from carpool_policy.state import OperatingPoint
 
 FULL = PolicyState(
     recommendations=((100.0, 3), (115.0, 4)),
@@ -17,6 +18,7 @@ FULL = PolicyState(
     token_means={"inline": (2048.0, 28.0)},
     sustained_rates={"inline": ((60.0, 4.5), (120.0, 5.25))},
     anchor_scales={"inline": (115.0, 2.5)},
+    operating_points=(OperatingPoint(100.0, 4, {"inline": 5.5}),),
 )
 
 
@@ -34,6 +36,18 @@ def test_an_edited_anchor_scale_that_is_no_ratio_of_delays_is_dropped():
     edited = FULL.to_dict()
     edited["anchorScales"] = {"inline": [115.0, "inf"], "offline": [115.0, -1.0]}
     assert PolicyState.from_dict(edited).anchor_scales == {}
+
+
+def test_an_edited_operating_point_with_a_rate_that_is_no_rate_is_dropped():
+    edited = FULL.to_dict()
+    edited["operatingPoints"] = [
+        {"at": 100.0, "replicas": 4, "rates": {"inline": "inf"}},
+        {"at": 100.0, "replicas": 4, "rates": {"inline": -1.0}},
+        {"at": 100.0, "replicas": 0, "rates": {"inline": 1.0}},
+        {"at": 115.0, "replicas": 5, "rates": {"inline": 6.0}},
+    ]
+    kept = PolicyState.from_dict(edited).operating_points
+    assert kept == (OperatingPoint(115.0, 5, {"inline": 6.0}),)
 
 
 @pytest.mark.parametrize(
