@@ -47,6 +47,7 @@ from carpool_policy.guard import guard, measured_ratios, ratio_step
 from carpool_policy.operating_points import (
     observed_point,
     remembered,
+    settled_since,
     sla_rates,
     step_up_bound,
 )
@@ -163,7 +164,12 @@ def decide(
     # What the pool's own recent operating points say a step up needs at the rates now.
     points = remembered(state.operating_points, now, tuning)
     measured_bound = step_up_bound(points, sla_rates(estimates, observation), current)
-    point = observed_point(current, estimates, observation, now, tuning)
+    changed_at = max(
+        (t for t in (state.last_scale_up_at, state.last_scale_down_at) if t is not None),
+        default=None,
+    )
+    settled_at = settled_since(state.settled_since, current, observation, changed_at, now)
+    point = observed_point(current, estimates, observation, now, settled_at, tuning)
     if point is not None:
         points += (point,)
     guarded = guard(up, down, current, estimates, observation, tuning, unbounded, measured_bound)
@@ -270,6 +276,7 @@ def decide(
         },
         peak_rates={n: e.peak_history for n, e in estimates.items() if e.peak_history},
         operating_points=points,
+        settled_since=settled_at,
         anchor_scales=(
             {n: (now, scale) for n, scale in anchoring.scales.items()}
             if settled

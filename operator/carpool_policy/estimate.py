@@ -126,7 +126,7 @@ def estimate(
             else ()
         ),
         peak_history=(
-            peak_rates(peak_history, _peak(observed), now, tuning) if endpoint.has_sla else ()
+            peak_rates(peak_history, peak_rate(observed), now, tuning) if endpoint.has_sla else ()
         ),
     )
 
@@ -172,7 +172,7 @@ def _by_minute(
     return tuple(kept)
 
 
-def _peak(observed: EndpointObservation) -> float | None:
+def peak_rate(observed: EndpointObservation) -> float | None:
     """The higher of the burst-window and the rate-window arrival rates; None when neither was
     measured. The busiest burst window inside a rate window is at least as busy as the whole
     window, so the rate window's rate is a lower bound where the burst series is missing."""

@@ -1,12 +1,15 @@
 """Operating points: replica counts the pool was measured to serve within its queue budgets.
 
 Contract (pure):
-- `observed_point(current, estimates, observation, now, tuning)` is an `OperatingPoint`
-  (`carpool_policy.state`, where it is kept between calls) when
-  every pod is ready, every SLA endpoint with traffic has a queue delay measured within
-  `budget_headroom` of its budget (the share the model plans to use) and no throughput class is
-  turning requests away; else None. Its rates are each SLA endpoint's busiest arrival rate of
-  the moment (`peak_rate`): the higher of the burst window's and the rate window's.
+- `settled_since(previous, current, observation, changed_at, now)`: since when the pool has
+  held its count with every pod ready (None while pods start).
+- `observed_point(current, estimates, observation, now, settled_at, tuning)` is an
+  `OperatingPoint` (`carpool_policy.state`, where it is kept between calls) when the pool has
+  held its count with every pod ready for a whole rate window, every SLA endpoint with
+  traffic has a queue delay measured within `budget_headroom` of its budget (the share the
+  model plans to use) and no throughput class is turning requests away; else None. Its rates
+  are each SLA endpoint's busiest arrival rate of the moment (`estimate.peak_rate`): the
+  higher of the burst window's and the rate window's.
 - `remembered(points, now, tuning)` keeps the points of the last `operating_point_memory_seconds`.
 - `step_up_bound(points, rates, current)` is the fewest replicas a step up from `current` needs
   by the pool's own measurements: the smallest of the remembered counts, each grown in
@@ -28,26 +31,36 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from carpool_policy.estimate import Estimate
+from carpool_policy.estimate import Estimate, peak_rate
 from carpool_policy.guard import measured_ratios, turning_away
 from carpool_policy.state import OperatingPoint
 from carpool_policy.tuning import Tuning
 from carpool_policy.types import EndpointObservation, Observation
 
 
-def peak_rate(observed: EndpointObservation) -> float:
-    """The higher of the burst-window and the rate-window arrival rates (0 when missing)."""
-    rates = (observed.burst_arrival_rate_per_second, observed.arrival_rate_per_second)
-    return max((max(0.0, r) for r in rates if r is not None), default=0.0)
-
-
 def sla_rates(estimates: Mapping[str, Estimate], observation: Observation) -> dict[str, float]:
-    """Each SLA endpoint's `peak_rate` now."""
+    """Each SLA endpoint's busiest arrival rate now (`estimate.peak_rate`; 0 when missing)."""
     return {
-        name: peak_rate(observation.endpoints.get(name) or EndpointObservation())
+        name: peak_rate(observation.endpoints.get(name) or EndpointObservation()) or 0.0
         for name, e in estimates.items()
         if e.load.has_sla
     }
+
+
+def settled_since(
+    previous: float | None,
+    current: int,
+    observation: Observation,
+    state_changed_at: float | None,
+    now: float,
+) -> float | None:
+    """Since when the pool has held `current` replicas, every one of them ready (None while pods
+    start): `previous` (the last call's answer) unless the count changed after it."""
+    if observation.ready_replicas < current:
+        return None
+    if previous is None or (state_changed_at is not None and state_changed_at > previous):
+        return now
+    return previous
 
 
 def observed_point(
@@ -55,9 +68,12 @@ def observed_point(
     estimates: Mapping[str, Estimate],
     observation: Observation,
     now: float,
+    settled_at: float | None,
     tuning: Tuning,
 ) -> OperatingPoint | None:
-    if current <= 0 or observation.ready_replicas < current:
+    # The measurements cover the rate window: a count that has not served all of it (a step
+    # down a moment ago, pods that just became ready) was not what they measured.
+    if current <= 0 or settled_at is None or now - settled_at < tuning.rate_window_seconds:
         return None
     ratios = measured_ratios(estimates, observation)
     if not ratios or any(ratio > tuning.budget_headroom for ratio in ratios.values()):

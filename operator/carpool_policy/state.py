@@ -45,8 +45,10 @@ class PolicyState:
     # Per SLA endpoint, (minute start, the highest rate measured over a burst window in that
     # minute) over the burst memory (`estimate.peak_rates`).
     peak_rates: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
-    # The operating points measured over their memory, oldest first (`operating_points`).
+    # The operating points measured over their memory, oldest first (`operating_points`), and
+    # since when the pool has held its count with every pod ready (None while pods start).
     operating_points: tuple[OperatingPoint, ...] = ()
+    settled_since: float | None = None
     # Per SLA endpoint, (time, budget scale) of the model's anchor the last time every pod was
     # ready (`planner.anchor`): what a step up plans with while the pods it asked for start.
     anchor_scales: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class PolicyState:
             "tokenMeans": {k: [p, g] for k, (p, g) in self.token_means.items()},
             "sustainedRates": _minute_rates_dict(self.sustained_rates),
             "peakRates": _minute_rates_dict(self.peak_rates),
+            "settledSince": self.settled_since,
             "operatingPoints": [
                 {"at": p.at, "replicas": p.replicas, "rates": dict(p.rates)}
                 for p in self.operating_points
@@ -93,6 +96,7 @@ class PolicyState:
                 peak_rates=_minute_rates(data.get("peakRates")),
                 anchor_scales=_anchor_scales(data.get("anchorScales")),
                 operating_points=_operating_points(data.get("operatingPoints")),
+                settled_since=_optional_float(data.get("settledSince")),
             )
         except (TypeError, ValueError, IndexError, AttributeError, KeyError):
             return cls()

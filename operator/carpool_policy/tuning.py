@@ -63,6 +63,9 @@ class Tuning:
     # need at the rates now (`operating_points`): as long as the service-time memory, over
     # which the prompt mix that sets a pod's capacity is taken to hold.
     operating_point_memory_seconds: float = 600.0
+    # The operator's rate window (CARPOOL_RATE_WINDOW): what one observation's rates and p95s
+    # cover, so a replica count measured by it must have served that long.
+    rate_window_seconds: float = 60.0
     # Token lengths assumed for an endpoint that has never been measured.
     default_prompt_tokens: float = 512.0
     default_generated_tokens: float = 128.0

@@ -63,11 +63,27 @@ def test_a_count_measured_at_a_lower_rate_bounds_the_step_in_proportion(w):
     assert cliff(w, served).needed_replicas == 12  # 8 * 30 / 20 (4 of them now: maxScaleUpStep)
 
 
+WINDOW = DEFAULT_TUNING.rate_window_seconds
+
+
 def test_a_pool_within_budget_with_every_pod_ready_remembers_its_count(w):
     observation = w.observe(6, w.traffic(rate=30.0, ttft=0.6, queue=0.5, service=0.4))
-    decision = decide(observation, w.spec(), PolicyState(), w.NOW, w.profile)
+    settled = PolicyState(settled_since=w.NOW - WINDOW)
+    decision = decide(observation, w.spec(), settled, w.NOW, w.profile)
     (point,) = decision.state.operating_points
     assert point == OperatingPoint(w.NOW, 6, {"inline": 30.0})
+
+
+def test_a_count_that_has_not_served_a_whole_rate_window_is_not_remembered(w):
+    # Stepped down to 6 a moment ago: the quiet queue was measured mostly on the pods before.
+    observation = w.observe(6, w.traffic(rate=30.0, ttft=0.6, queue=0.5, service=0.4))
+    stepped = PolicyState(settled_since=w.NOW - 600, last_scale_down_at=w.NOW - 15)
+    decision = decide(observation, w.spec(), stepped, w.NOW, w.profile)
+    assert decision.state.operating_points == ()
+    assert decision.state.settled_since == w.NOW
+    fresh = dataclasses.replace(observation, sampled_at=w.NOW + WINDOW - 5)
+    later = decide(fresh, w.spec(), decision.state, w.NOW + WINDOW, w.profile)
+    assert [p.replicas for p in later.state.operating_points] == [6]
 
 
 def test_no_point_is_remembered_while_pods_start_or_over_the_headroom(w):
@@ -82,5 +98,6 @@ def test_no_point_is_remembered_while_pods_start_or_over_the_headroom(w):
             ),
         ),
     ):
-        decision = decide(observation, w.spec(), PolicyState(), w.NOW, w.profile)
+        settled = PolicyState(settled_since=w.NOW - WINDOW)
+        decision = decide(observation, w.spec(), settled, w.NOW, w.profile)
         assert decision.state.operating_points == ()

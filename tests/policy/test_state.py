@@ -19,6 +19,7 @@ FULL = PolicyState(
     sustained_rates={"inline": ((60.0, 4.5), (120.0, 5.25))},
     anchor_scales={"inline": (115.0, 2.5)},
     operating_points=(OperatingPoint(100.0, 4, {"inline": 5.5}),),
+    settled_since=100.0,
 )
 
 
